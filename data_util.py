@@ -1,0 +1,453 @@
+"""Image augmentations for SimCLR, written with TensorFlow image ops.
+
+This module follows the augmentation module of the original SimCLR TF2
+release. Images are float32 tensors in [0, 1] with shape [H, W, 3]. Nothing
+here subtracts a mean or divides by a standard deviation.
+
+A pretraining view is made in two places:
+
+1. `preprocess_for_train`, run per example inside `tf.data`:
+   - a random resized crop covering a fraction of the image area in
+     [0.08, 1] (at least 0.1 in practice, see `crop_and_resize`), with
+     aspect ratio in [3/4, 4/3] relative to the output, resized bicubically;
+   - a horizontal flip with probability 1/2;
+   - colour distortion: colour jitter with probability 0.8, then grayscale
+     with probability 0.2.
+2. `batch_random_blur`, run by the model on whole batches of views: a
+   Gaussian blur with one random sigma per batch, kept for each example with
+   probability 1/2.
+
+All randomness comes from TensorFlow's stateful random ops, so
+`tf.random.set_seed` makes a run repeatable. No function fixes a seed itself.
+"""
+
+import functools
+
+import tensorflow as tf
+
+# Fraction of the limiting image side that the evaluation centre crop keeps.
+CROP_PROPORTION = 0.875
+
+
+def random_apply(func, p, x):
+    """Returns `func(x)` with probability `p`, and `x` otherwise.
+
+    `func` must return a tensor of the same dtype as `x`.
+    """
+    draw = tf.random.uniform([], minval=0.0, maxval=1.0, dtype=tf.float32)
+    return tf.cond(draw < tf.cast(p, tf.float32), lambda: func(x), lambda: x)
+
+
+def to_grayscale(image, keep_channels=True):
+    """Converts RGB to luma, Y = 0.2989 R + 0.5870 G + 0.1140 B.
+
+    These are the ITU-R BT.601 weights that `tf.image.rgb_to_grayscale`
+    uses. With `keep_channels`, Y is copied to three channels so that the
+    result has the same shape as the input. Works on any rank >= 3.
+    """
+    image = tf.image.rgb_to_grayscale(image)
+    if keep_channels:
+        image = tf.image.grayscale_to_rgb(image)
+    return image
+
+
+def _random_factor(max_delta):
+    """Draws a factor f ~ U[max(0, 1 - max_delta), 1 + max_delta]."""
+    max_delta = tf.cast(max_delta, tf.float32)
+    lower = tf.maximum(1.0 - max_delta, 0.0)
+    return tf.random.uniform([], minval=lower, maxval=1.0 + max_delta,
+                             dtype=tf.float32)
+
+
+def random_brightness(image, max_delta):
+    """Scales brightness by a random factor: y = f x.
+
+    The factor is f ~ U[max(0, 1 - max_delta), 1 + max_delta]. SimCLR v2 uses
+    this multiplicative form rather than the additive shift of
+    `tf.image.random_brightness`.
+    """
+    return image * _random_factor(max_delta)
+
+
+def _random_contrast(image, max_delta):
+    """Adjusts contrast by a random factor, per channel.
+
+    Computes y = m + f (x - m), with m the channel's mean over the image and
+    f ~ U[max(0, 1 - max_delta), 1 + max_delta]. The floor at 0 only matters
+    for max_delta > 1; it stops the image from being inverted.
+    """
+    return tf.image.adjust_contrast(image, _random_factor(max_delta))
+
+
+def _random_saturation(image, max_delta):
+    """Scales HSV saturation by f ~ U[max(0, 1 - max_delta), 1 + max_delta].
+
+    The scaled saturation is clipped to [0, 1]. Hue and value are kept.
+    """
+    return tf.image.adjust_saturation(image, _random_factor(max_delta))
+
+
+def _random_hue(image, max_delta):
+    """Rotates HSV hue by d ~ U[-max_delta, max_delta], in turns (mod 1)."""
+    delta = tf.random.uniform([], minval=-max_delta, maxval=max_delta,
+                              dtype=tf.float32)
+    return tf.image.adjust_hue(image, delta)
+
+
+def _jitter_transforms(brightness, contrast, saturation, hue):
+    """Lists the four jitter ops in canonical order.
+
+    An op whose strength is 0 is replaced by the identity. Strengths are
+    Python numbers.
+    """
+    ops = (
+        (brightness, random_brightness),
+        (contrast, _random_contrast),
+        (saturation, _random_saturation),
+        (hue, _random_hue),
+    )
+    transforms = []
+    for strength, op in ops:
+        if strength != 0:
+            transforms.append(functools.partial(op, max_delta=strength))
+        else:
+            transforms.append(tf.identity)
+    return transforms
+
+
+def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0):
+    """Applies brightness, contrast, saturation and hue jitter in that order.
+
+    Each argument is the strength of its op: the brightness, contrast and
+    saturation factors are drawn from U[max(0, 1 - s), 1 + s], and the hue
+    shift from U[-s, s]. An op with strength 0 is skipped. The image is
+    clipped to [0, 1] after each op.
+    """
+    for transform in _jitter_transforms(brightness, contrast, saturation, hue):
+        image = tf.clip_by_value(transform(image), 0.0, 1.0)
+    return image
+
+
+def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0):
+    """Applies the four jitter ops of `color_jitter_nonrand` in a random order.
+
+    The order is a uniformly random permutation of the four ops, drawn anew
+    on each call. The image is clipped to [0, 1] after each op.
+    """
+    transforms = _jitter_transforms(brightness, contrast, saturation, hue)
+    order = tf.random.shuffle(tf.range(len(transforms)))
+    for i in range(len(transforms)):
+        # Every branch preserves shape and dtype, so one switch serves all
+        # positions in graph mode.
+        branches = [functools.partial(t, image) for t in transforms]
+        image = tf.switch_case(order[i], branch_fns=branches)
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    return image
+
+
+def color_jitter(image, strength, random_order=True):
+    """Jitters colour with strengths scaled by `strength` = s.
+
+    Brightness, contrast and saturation get strength 0.8 s, and hue gets
+    0.2 s. The ops run in a random order unless `random_order` is False.
+    """
+    strengths = dict(brightness=0.8 * strength, contrast=0.8 * strength,
+                     saturation=0.8 * strength, hue=0.2 * strength)
+    if random_order:
+        return color_jitter_rand(image, **strengths)
+    return color_jitter_nonrand(image, **strengths)
+
+
+def random_color_jitter(image, p=1.0, strength=1.0):
+    """Applies SimCLR's colour distortion with probability `p`.
+
+    The distortion is colour jitter (see `color_jitter`) with probability
+    0.8, followed, independently, by grayscale with probability 0.2. So an
+    output is grayscale with probability 0.2 p.
+    """
+    def _distort(image):
+        image = random_apply(
+            functools.partial(color_jitter, strength=strength), p=0.8, x=image)
+        return random_apply(to_grayscale, p=0.2, x=image)
+
+    return random_apply(_distort, p=p, x=image)
+
+
+def distorted_bounding_box_crop(image,
+                                bbox,
+                                min_object_covered=0.1,
+                                aspect_ratio_range=(0.75, 1.33),
+                                area_range=(0.05, 1.0),
+                                max_attempts=100):
+    """Crops a random rectangle from `image`, without resizing.
+
+    `tf.image.sample_distorted_bounding_box` draws the rectangle. Its aspect
+    ratio (width / height, in pixels) is uniform in `aspect_ratio_range`, up
+    to rounding of the width to whole pixels. Its area, as a fraction of the
+    image, lies in `area_range`. It covers at least `min_object_covered` of
+    the area of `bbox`. If no rectangle is found in `max_attempts` tries, the
+    whole image is returned.
+
+    Args:
+      image: [H, W, C] tensor.
+      bbox: float tensor [1, num_boxes, 4] of boxes (ymin, xmin, ymax, xmax),
+        in coordinates relative to the image size.
+    """
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=bbox,
+        min_object_covered=min_object_covered,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=max_attempts,
+        use_image_if_no_bounding_boxes=True)
+    # `begin` and `size` also cover the channel axis, as (0, -1).
+    return tf.slice(image, begin, size)
+
+
+def crop_and_resize(image, height, width, area_range=(0.08, 1.0)):
+    """Takes a random resized crop, then a bicubic resize to [height, width].
+
+    Let a = width / height be the output aspect ratio. The crop's aspect
+    ratio lies in [3/4 a, 4/3 a] and its area fraction in `area_range`. It
+    must also cover at least 10% of the image, so in practice the area
+    fraction is at least max(0.1, area_range[0]). After 100 failed tries the
+    whole image is used.
+    """
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    aspect_ratio = width / height
+    image = distorted_bounding_box_crop(
+        image,
+        whole_image,
+        min_object_covered=0.1,
+        aspect_ratio_range=(3.0 / 4.0 * aspect_ratio, 4.0 / 3.0 * aspect_ratio),
+        area_range=area_range,
+        max_attempts=100)
+    return tf.image.resize(image, [height, width], method="bicubic")
+
+
+def _center_crop_size(image_height, image_width, aspect_ratio, crop_proportion):
+    """Returns the size of the largest centred crop with `aspect_ratio`, shrunk.
+
+    Let a = aspect_ratio (width / height) and p = crop_proportion. If the
+    target is wider than the image (a > W / H), the width limits the crop:
+    w = rint(p W) and h = rint(p W / a). Otherwise the height limits it:
+    h = rint(p H) and w = rint(p H a).
+    """
+    image_height = tf.cast(image_height, tf.float32)
+    image_width = tf.cast(image_width, tf.float32)
+    width_limited = aspect_ratio > image_width / image_height
+    crop_height = tf.where(width_limited,
+                           crop_proportion * image_width / aspect_ratio,
+                           crop_proportion * image_height)
+    crop_width = tf.where(width_limited,
+                          crop_proportion * image_width,
+                          crop_proportion * image_height * aspect_ratio)
+    crop_height = tf.maximum(tf.cast(tf.math.rint(crop_height), tf.int32), 1)
+    crop_width = tf.maximum(tf.cast(tf.math.rint(crop_width), tf.int32), 1)
+    return crop_height, crop_width
+
+
+def center_crop(image, height, width, crop_proportion):
+    """Takes a centred crop, then a bicubic resize to [height, width].
+
+    The crop has the output's aspect ratio (width / height). Along the image
+    side that limits such a crop, it keeps the fraction `crop_proportion`.
+    When the margin is odd, the extra pixel goes to the top or left.
+
+    Note: the original release passes height / width as the aspect ratio
+    here. The two agree for square outputs, the only case it uses.
+    """
+    shape = tf.shape(image)
+    image_height, image_width = shape[0], shape[1]
+    crop_height, crop_width = _center_crop_size(
+        image_height, image_width, width / height, crop_proportion)
+    offset_height = (image_height - crop_height + 1) // 2
+    offset_width = (image_width - crop_width + 1) // 2
+    image = tf.image.crop_to_bounding_box(
+        image, offset_height, offset_width, crop_height, crop_width)
+    return tf.image.resize(image, [height, width], method="bicubic")
+
+
+def random_crop_with_resize(image, height, width, p=1.0,
+                            area_range=(0.08, 1.0)):
+    """Applies `crop_and_resize` with probability `p`.
+
+    When p < 1, an image that is not cropped keeps its size. It should then
+    already be [height, width].
+    """
+    crop = functools.partial(crop_and_resize, height=height, width=width,
+                             area_range=area_range)
+    return random_apply(crop, p=p, x=image)
+
+
+def gaussian_blur(image, kernel_size, sigma, padding="SAME"):
+    """Blurs `image` with a normalised Gaussian kernel, one channel at a time.
+
+    Let r = kernel_size // 2 (an even size becomes 2r + 1). The 1-D kernel
+    has taps at k = -r..r with weights
+        g_k = exp(-k^2 / (2 sigma^2)) / sum_j exp(-j^2 / (2 sigma^2)).
+    The image is convolved with g along the width and then along the height,
+    as depthwise convolutions. With padding "SAME" the borders are
+    zero-padded.
+
+    Args:
+      image: [H, W, C] or [B, H, W, C] float tensor.
+      kernel_size: Python int or scalar int tensor.
+      sigma: scalar; the standard deviation in pixels.
+    """
+    radius = tf.cast(kernel_size, tf.int32) // 2
+    offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    sigma = tf.cast(sigma, tf.float32)
+    taps = tf.exp(-tf.square(offsets) / (2.0 * tf.square(sigma)))
+    taps = taps / tf.reduce_sum(taps)
+
+    num_channels = image.shape[-1]
+    if num_channels is None:
+        num_channels = tf.shape(image)[-1]
+    # Depthwise filters are [rows, cols, channels, multiplier].
+    horizontal = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, num_channels, 1])
+    vertical = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, num_channels, 1])
+
+    unbatched = image.shape.rank == 3
+    if unbatched:
+        image = image[tf.newaxis]
+    strides = [1, 1, 1, 1]
+    blurred = tf.nn.depthwise_conv2d(image, horizontal, strides, padding)
+    blurred = tf.nn.depthwise_conv2d(blurred, vertical, strides, padding)
+    if unbatched:
+        blurred = blurred[0]
+    return blurred
+
+
+def _blur_kernel_size(height):
+    """Kernel size for an image of `height`: 2r + 1 with r = (height // 10) // 2.
+
+    This is 23 for 224-pixel images and 1 (no blur) below 20 pixels.
+    """
+    return 2 * ((height // 10) // 2) + 1
+
+
+def random_blur(image, height, width, p=1.0):
+    """Blurs with probability `p`, using a random sigma ~ U(0.1, 2.0).
+
+    The kernel size is set from `height` alone (see `_blur_kernel_size`), as
+    in the original. `width` is accepted for symmetry and not used.
+    """
+    del width
+
+    def _blur(image):
+        sigma = tf.random.uniform([], minval=0.1, maxval=2.0, dtype=tf.float32)
+        return gaussian_blur(image, _blur_kernel_size(height), sigma)
+
+    return random_apply(_blur, p=p, x=image)
+
+
+def batch_random_blur(images_list, height, width, blur_probability=0.5):
+    """Blurs each batch in `images_list` with one random sigma per batch.
+
+    For every [b, H, W, C] batch, sigma ~ U(0.1, 2.0) is drawn once and the
+    whole batch is blurred with it. Each example then keeps its blurred
+    version with probability `blur_probability`, independently. The results
+    are clipped to [0, 1].
+
+    Returns:
+      A list of batches, in the order of `images_list`.
+    """
+    blurred_list = []
+    for images in images_list:
+        blurred = random_blur(images, height, width, p=1.0)
+        draws = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.0, 1.0,
+                                  dtype=tf.float32)
+        keep_blurred = tf.cast(draws < blur_probability, images.dtype)
+        images = keep_blurred * blurred + (1.0 - keep_blurred) * images
+        blurred_list.append(tf.clip_by_value(images, 0.0, 1.0))
+    return blurred_list
+
+
+def preprocess_for_train(image,
+                         height,
+                         width,
+                         color_distort=True,
+                         crop=True,
+                         flip=True,
+                         color_jitter_strength=1.0,
+                         area_range=(0.08, 1.0)):
+    """Makes one training view of `image`, a float [H, W, 3] tensor in [0, 1].
+
+    The steps are a random resized crop (if `crop`), a horizontal flip with
+    probability 1/2 (if `flip`), and colour distortion at
+    `color_jitter_strength` (if `color_distort`). The result is clipped to
+    [0, 1]. Without `crop`, the image must already be [height, width].
+
+    Returns:
+      A [height, width, 3] float32 tensor.
+    """
+    if crop:
+        image = random_crop_with_resize(image, height, width,
+                                        area_range=area_range)
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    if color_distort:
+        image = random_color_jitter(image, p=1.0,
+                                    strength=color_jitter_strength)
+    image = tf.reshape(image, [height, width, 3])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def preprocess_for_eval(image, height, width, crop=True):
+    """Makes the evaluation view of `image`, a float [H, W, 3] in [0, 1].
+
+    With `crop`, this is a centre crop keeping `CROP_PROPORTION` (87.5%) of
+    the limiting side, resized to [height, width]. Without it, this is a
+    bicubic resize of the whole image. The result is clipped to [0, 1].
+    """
+    if crop:
+        image = center_crop(image, height, width,
+                            crop_proportion=CROP_PROPORTION)
+    else:
+        image = tf.image.resize(image, [height, width], method="bicubic")
+    image = tf.reshape(image, [height, width, 3])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _ensure_rgb(image):
+    """Copies a single-channel [H, W, 1] image to three channels."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels is None:
+        return tf.cond(tf.equal(tf.shape(image)[-1], 1),
+                       lambda: tf.tile(image, [1, 1, 3]),
+                       lambda: image)
+    return image
+
+
+def preprocess_image(image,
+                     height,
+                     width,
+                     is_training=False,
+                     color_distort=True,
+                     test_crop=True,
+                     color_jitter_strength=1.0,
+                     area_range=(0.08, 1.0)):
+    """Converts an image to float32 in [0, 1] and makes a train or eval view.
+
+    Integer images are scaled to [0, 1] (uint8: x / 255). Float images are
+    taken to be in [0, 1] already. A single-channel image is copied to three
+    channels first.
+
+    Returns:
+      A [height, width, 3] float32 tensor. It comes from
+      `preprocess_for_train` when `is_training` is set, and from
+      `preprocess_for_eval` (centre crop if `test_crop`) otherwise.
+    """
+    image = tf.image.convert_image_dtype(image, dtype=tf.float32)
+    image = _ensure_rgb(image)
+    if is_training:
+        return preprocess_for_train(
+            image, height, width,
+            color_distort=color_distort,
+            color_jitter_strength=color_jitter_strength,
+            area_range=area_range)
+    return preprocess_for_eval(image, height, width, crop=test_crop)

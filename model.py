@@ -1,0 +1,266 @@
+"""Model: ResNet encoder, projection head, supervised head, and training helpers.
+
+Mirrors `tf2/model.py` of the original release, but is backend-neutral (keras,
+keras.ops and numpy only) and takes its configuration as arguments instead of
+reading absl flags, so tests and notebooks can build any variant directly.
+
+The training model takes images whose channels hold the augmented views side
+by side ([b, H, W, 3·V]), stacks the views along the batch axis (rows
+v·b .. (v+1)·b − 1 are view v), and returns
+
+    (projection_head_output [V·b, proj_dim] or None, logits_sup [V·b, classes] or None).
+"""
+import math
+
+import keras
+from keras import ops
+
+import lars_optimizer
+import resnet
+
+# Variables whose path contains one of these are excluded from LARS weight
+# decay and trust-ratio adaptation: batch-norm parameters and biases as in the
+# original, and the supervised head, whose decay is an explicit L2 term instead.
+LARS_EXCLUDE = ["batch_normalization", "bias", "head_supervised"]
+
+PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
+TRAIN_MODES = ("pretrain", "finetune")
+OPTIMIZERS = ("momentum", "adam", "lars")
+LEARNING_RATE_SCALINGS = ("linear", "sqrt")
+
+
+def dense_initializer():
+    """N(0, 0.01²), the original's initialiser for head kernels."""
+    return keras.initializers.RandomNormal(stddev=0.01)
+
+
+class LinearLayer(keras.layers.Layer):
+    """Dense layer, optionally followed by batch norm.
+
+    With `use_bn` the dense bias is dropped and batch norm's β plays its role
+    (`center=use_bias`), exactly as the original's projection head does.
+    """
+
+    def __init__(self, num_classes, use_bias=True, use_bn=False,
+                 batch_norm_decay=0.9, global_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.use_bn = use_bn
+        self.dense = keras.layers.Dense(
+            num_classes, kernel_initializer=dense_initializer(),
+            use_bias=use_bias and not use_bn, name="dense")
+        if use_bn:
+            self.bn = keras.layers.BatchNormalization(
+                momentum=batch_norm_decay, epsilon=1e-5, center=use_bias,
+                synchronized=global_bn and keras.backend.backend() == "tensorflow",
+                name="batch_normalization")
+
+    def call(self, inputs, training=None):
+        x = self.dense(inputs)
+        if self.use_bn:
+            x = self.bn(x, training=training)
+        return x
+
+
+class ProjectionHead(keras.layers.Layer):
+    """Projection head g(h) of SimCLR.
+
+    Modes:
+      - `none`: z = h.
+      - `linear`: z = BN(W h), one layer of `proj_out_dim` units.
+      - `nonlinear`: `num_proj_layers` layers; layers 0..L−2 are
+        ReLU(BN(W_j a)) with the width of their input, the last is BN(W a)
+        with `proj_out_dim` units, BN without centre and no ReLU.
+
+    `call` returns (z, hiddens[ft_proj_selector]) where hiddens is
+    [h, a_1, ..., a_L]: the supervised head reads the selected layer.
+    """
+
+    def __init__(self, mode="nonlinear", proj_out_dim=128, num_proj_layers=3,
+                 ft_proj_selector=0, batch_norm_decay=0.9, global_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PROJ_HEAD_MODES:
+            raise ValueError(f"proj_head_mode={mode!r}; allowed: {', '.join(PROJ_HEAD_MODES)}")
+        self.mode = mode
+        self.proj_out_dim = proj_out_dim
+        self.num_proj_layers = num_proj_layers
+        self.ft_proj_selector = ft_proj_selector
+        self.bn_kwargs = dict(batch_norm_decay=batch_norm_decay, global_bn=global_bn)
+        self.linear_layers = []
+
+    def build(self, input_shape):
+        width = int(input_shape[-1])
+        if self.mode == "linear":
+            self.linear_layers = [LinearLayer(self.proj_out_dim, use_bias=False, use_bn=True,
+                                              name="l_0", **self.bn_kwargs)]
+        elif self.mode == "nonlinear":
+            self.linear_layers = [
+                LinearLayer(width, use_bias=True, use_bn=True, name=f"nl_{j}", **self.bn_kwargs)
+                for j in range(self.num_proj_layers - 1)]
+            self.linear_layers.append(
+                LinearLayer(self.proj_out_dim, use_bias=False, use_bn=True,
+                            name=f"nl_{self.num_proj_layers - 1}", **self.bn_kwargs))
+
+    def call(self, h, training=None):
+        hiddens = [h]
+        x = h
+        for j, layer in enumerate(self.linear_layers):
+            x = layer(x, training=training)
+            if self.mode == "nonlinear" and j != len(self.linear_layers) - 1:
+                x = ops.relu(x)
+            hiddens.append(x)
+        return x, hiddens[self.ft_proj_selector]
+
+
+class SupervisedHead(keras.layers.Layer):
+    """Linear classifier logits = W x + b, named `head_supervised`."""
+
+    def __init__(self, num_classes, name="head_supervised", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False, name="linear")
+
+    def call(self, inputs, training=None):
+        return self.linear(inputs, training=training)
+
+
+class Model(keras.Model):
+    """ResNet encoder + projection head + supervised head.
+
+    `train_mode="pretrain"` builds the projection head; the supervised head
+    exists when `lineareval_while_pretraining` (it then reads stop_gradient of
+    its input: the online linear probe) or in `train_mode="finetune"`.
+    """
+
+    def __init__(self, num_classes, *, image_size=224, train_mode="pretrain",
+                 resnet_depth=50, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0,
+                 batch_norm_decay=0.9, global_bn=True, fine_tune_after_block=-1,
+                 proj_head_mode="nonlinear", proj_out_dim=128, num_proj_layers=3,
+                 ft_proj_selector=0, lineareval_while_pretraining=True, name="model", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+        if train_mode == "pretrain" and fine_tune_after_block > -1:
+            raise ValueError("fine_tune_after_block must be -1 when train_mode=pretrain "
+                             "(freezing layers only applies to finetune)")
+        self.train_mode = train_mode
+        self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.resnet_model = resnet.resnet(
+            resnet_depth=resnet_depth, width_multiplier=width_multiplier,
+            cifar_stem=image_size <= 32, sk_ratio=sk_ratio, se_ratio=se_ratio,
+            batch_norm_decay=batch_norm_decay, global_bn=global_bn,
+            fine_tune_after_block=fine_tune_after_block, name="resnet")
+        self._projection_head = ProjectionHead(
+            proj_head_mode, proj_out_dim, num_proj_layers, ft_proj_selector,
+            batch_norm_decay=batch_norm_decay, global_bn=global_bn, name="projection_head")
+        self.supervised_head = None
+        if train_mode == "finetune" or lineareval_while_pretraining:
+            self.supervised_head = SupervisedHead(num_classes)
+
+    def call(self, inputs, training=None):
+        num_views = inputs.shape[-1] // 3
+        if num_views * 3 != inputs.shape[-1]:
+            raise ValueError(f"input channels must be a multiple of 3, got {inputs.shape[-1]}")
+        views = ops.split(inputs, num_views, axis=-1) if num_views > 1 else [inputs]
+        features = ops.concatenate(views, axis=0)
+        hiddens = self.resnet_model(features, training=training)
+        projection_head_outputs, supervised_head_inputs = self._projection_head(
+            hiddens, training=training)
+        supervised_head_outputs = None
+        if self.train_mode == "finetune":
+            supervised_head_outputs = self.supervised_head(supervised_head_inputs, training=training)
+            projection_head_outputs = None
+        elif self.supervised_head is not None:
+            supervised_head_outputs = self.supervised_head(
+                ops.stop_gradient(supervised_head_inputs), training=training)
+        return projection_head_outputs, supervised_head_outputs
+
+    def encode(self, images, training=False):
+        """h = f(images): the encoder output the probes read, for [b, H, W, 3] images."""
+        return self.resnet_model(images, training=training)
+
+
+class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0, then cosine decay to 0.
+
+    η₀ = base·B/256 (`linear`) or base·√B (`sqrt`);
+    warm-up steps w = round(⌊warmup_epochs·N / B⌋);
+    lr(s) = η₀·s/w for s < w, else η₀·½(1 + cos(π·(s − w)/(T − w))).
+    """
+
+    def __init__(self, base_learning_rate, num_examples, train_batch_size,
+                 warmup_epochs, total_steps, learning_rate_scaling="linear", name=None):
+        super().__init__()
+        if learning_rate_scaling not in LEARNING_RATE_SCALINGS:
+            raise ValueError(f"learning_rate_scaling={learning_rate_scaling!r}; "
+                             f"allowed: {', '.join(LEARNING_RATE_SCALINGS)}")
+        self.base_learning_rate = base_learning_rate
+        self.num_examples = num_examples
+        self.train_batch_size = train_batch_size
+        self.warmup_epochs = warmup_epochs
+        self.total_steps = total_steps
+        self.learning_rate_scaling = learning_rate_scaling
+        self.name = name
+        self.warmup_steps = int(round(warmup_epochs * num_examples // train_batch_size))
+        if learning_rate_scaling == "linear":
+            self.scaled_lr = base_learning_rate * train_batch_size / 256.0
+        else:
+            self.scaled_lr = base_learning_rate * math.sqrt(train_batch_size)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = float(max(self.warmup_steps, 1))
+        warm = self.scaled_lr * step / warmup
+        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.scaled_lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        if self.warmup_steps <= 0:
+            return cosine
+        return ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return dict(base_learning_rate=self.base_learning_rate, num_examples=self.num_examples,
+                    train_batch_size=self.train_batch_size, warmup_epochs=self.warmup_epochs,
+                    total_steps=self.total_steps,
+                    learning_rate_scaling=self.learning_rate_scaling, name=self.name)
+
+
+def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
+    """The original's three optimizers.
+
+    `lars`: LARS with weight decay inside the update (BN, biases and the
+    supervised head excluded); `momentum`: Nesterov SGD; `adam`: Adam.
+    For the last two, weight decay is an explicit loss term (`weight_decay_loss`).
+    """
+    if name == "lars":
+        return lars_optimizer.LARSOptimizer(
+            learning_rate, momentum=momentum, weight_decay=weight_decay,
+            exclude_from_weight_decay=LARS_EXCLUDE)
+    if name == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"optimizer={name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def weight_decay_loss(model, optimizer_name, weight_decay):
+    """Explicit L2 term wd·½Σw².
+
+    With LARS only the supervised head's kernel and bias (LARS decays the
+    rest itself); otherwise every trainable variable outside batch norm,
+    biases included, as in the original.
+    """
+    if not weight_decay:
+        return ops.zeros((), "float32")
+    if optimizer_name == "lars":
+        variables = [v for v in model.trainable_variables if "head_supervised" in v.path]
+    else:
+        variables = [v for v in model.trainable_variables if "batch_normalization" not in v.path]
+    if not variables:
+        return ops.zeros((), "float32")
+    total = sum(ops.sum(ops.square(ops.cast(v, "float32"))) for v in variables)
+    return weight_decay * 0.5 * total
+
+
+def get_train_steps(num_examples, train_steps, train_epochs, train_batch_size):
+    """train_steps if > 0, else ⌊N·epochs / B⌋ + 1 (the original's count)."""
+    return train_steps or num_examples * train_epochs // train_batch_size + 1

@@ -1,0 +1,451 @@
+"""Tests for the dataset sources (`datasets/`) and input pipelines (`data.py`).
+
+Everything runs offline: the digits ship with scikit-learn, image folders and
+a tiny TFDS dataset are generated into temporary directories, and the TFDS
+tests refuse any network access.
+"""
+
+import collections
+import socket
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+
+import data
+import datasets
+from datasets import digits as digits_module
+
+TINY_SHAPE = (6, 7, 3)
+TINY_SIZES = {"train": 9, "test": 4}
+
+
+def _tiny_image(split, index):
+    """The image a tiny TFDS example holds, recomputable by the tests."""
+    seed = (0 if split == "train" else 1000) + index
+    return np.random.default_rng(seed).integers(
+        0, 256, TINY_SHAPE, dtype=np.uint8)
+
+
+def _tiny_label(index):
+    return index % 3
+
+
+class SimclrTestTinyImages(tfds.core.GeneratorBasedBuilder):
+    """Tiny generated image-classification dataset, prepared by the tests."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=TINY_SHAPE),
+                "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+            }))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split: self._generate_examples(split) for split in TINY_SIZES}
+
+    def _generate_examples(self, split):
+        for index in range(TINY_SIZES[split]):
+            yield f"{split}-{index}", {"image": _tiny_image(split, index),
+                                       "label": _tiny_label(index)}
+
+
+class SimclrTestNeverPrepared(SimclrTestTinyImages):
+    """Registered like any TFDS builder, but never prepared anywhere."""
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("network access or dataset download attempted")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fails the test if it opens a socket, downloads, or asks GCS for
+    dataset metadata (what tfds.builder does for datasets not on disk)."""
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        _refuse)
+    monkeypatch.setattr(tfds.core.DatasetInfo, "initialize_from_bucket",
+                        _refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    tfds.disable_progress_bar()
+    SimclrTestTinyImages(data_dir=str(data_dir)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def digits_source():
+    return datasets.get_dataset("digits")
+
+
+def _pairs(images, labels):
+    """Multiset of (image bytes, label) pairs."""
+    return collections.Counter(
+        (image.tobytes(), int(label)) for image, label in zip(images, labels))
+
+
+def _collect(dataset):
+    images, labels = [], []
+    for image_batch, label_batch in dataset:
+        images.append(image_batch.numpy())
+        labels.append(label_batch.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _context(pipeline_id):
+    return tf.distribute.InputContext(num_input_pipelines=2,
+                                      input_pipeline_id=pipeline_id,
+                                      num_replicas_in_sync=2)
+
+
+# ----------------------------------------------------------------- digits ---
+
+def test_digits_split_sizes_and_metadata(digits_source):
+    assert digits_source.name == "digits"
+    assert digits_source.num_classes == 10
+    assert digits_source.image_shape == (8, 8, 1)
+    assert digits_source.splits == ("train", "test")
+    assert digits_source.num_examples("train") == 1297
+    assert digits_source.num_examples("test") == 500
+
+
+def test_digits_splits_are_disjoint_cover_all_and_are_stratified():
+    indices = digits_module.split_indices()
+    train, test = indices["train"], indices["test"]
+    assert len(np.intersect1d(train, test)) == 0
+    np.testing.assert_array_equal(np.union1d(train, test), np.arange(1797))
+
+    labels = load_digits().target
+    class_counts = np.bincount(labels, minlength=10)
+    test_counts = np.bincount(labels[test], minlength=10)
+    proportional = 500 * class_counts / len(labels)
+    assert np.all(np.abs(test_counts - proportional) <= 1)
+
+
+def test_digits_pixels_and_labels_match_sklearn(digits_source):
+    raw = load_digits()
+    indices = digits_module.split_indices()
+    for split in ("train", "test"):
+        images, labels = digits_source.as_numpy(split)
+        assert images.dtype == np.uint8 and labels.dtype == np.int64
+        assert images.shape == (len(indices[split]), 8, 8, 1)
+        for position in (0, 1, 17, len(labels) - 1):
+            index = indices[split][position]
+            expected = np.floor(raw.images[index] * 255 / 16 + 0.5)
+            np.testing.assert_array_equal(images[position, :, :, 0], expected)
+            assert labels[position] == raw.target[index]
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_digits_is_deterministic_across_calls(digits_source):
+    again = datasets.get_dataset("digits")
+    for split in ("train", "test"):
+        first, second = digits_source.as_numpy(split), again.as_numpy(split)
+        np.testing.assert_array_equal(first[0], second[0])
+        np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_digits_as_dataset_matches_as_numpy(digits_source):
+    dataset = digits_source.as_dataset("test")
+    assert dataset.element_spec[0].dtype == tf.uint8
+    assert dataset.element_spec[1].dtype == tf.int64
+    images, labels = _collect(dataset.batch(128))
+    expected_images, expected_labels = digits_source.as_numpy("test")
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_in_memory_sharding_is_disjoint_and_complete(digits_source):
+    parts = [_collect(digits_source.as_dataset(
+        "train", input_context=_context(k)).batch(256)) for k in (0, 1)]
+    assert [len(labels) for _, labels in parts] == [649, 648]
+    union = _pairs(*parts[0]) + _pairs(*parts[1])
+    assert union == _pairs(*digits_source.as_numpy("train"))
+
+
+def test_unknown_split_names_the_split_flags(digits_source):
+    with pytest.raises(datasets.DatasetError) as info:
+        digits_source.num_examples("validation")
+    message = str(info.value)
+    assert "--train_split" in message and "--eval_split" in message
+    assert "train, test" in message and "\n" not in message
+    with pytest.raises(datasets.DatasetError):
+        digits_source.as_dataset("validation")
+
+
+# ----------------------------------------------------------- image_folder ---
+
+CLASSES = ("cat", "dog", "emu")  # sorted: ids 0, 1, 2
+
+
+def _write_png(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+def _make_folder(root, shape=(5, 6, 3), per_class=None):
+    """Writes root/<split>/<class>/<i>.png and returns what it wrote, as
+    {split: (images, labels)}."""
+    per_class = per_class or {"train": 3, "test": 2}
+    rng = np.random.default_rng(7)
+    written = {}
+    for split, count in per_class.items():
+        images, labels = [], []
+        # Classes written in reverse so that ids cannot come from write order.
+        for name in reversed(CLASSES):
+            for i in range(count):
+                image = rng.integers(0, 256, shape, dtype=np.uint8)
+                _write_png(root / split / name / f"{i}.png", image)
+                images.append(image)
+                labels.append(CLASSES.index(name))
+        written[split] = (np.stack(images), np.asarray(labels))
+    return written
+
+
+def test_image_folder_round_trips_pixels_and_labels(tmp_path):
+    written = _make_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    assert source.splits == ("test", "train")
+    assert source.num_classes == 3
+    assert source.class_names == CLASSES
+    assert source.image_shape == (5, 6, 3)
+    assert source.num_examples("train") == 9
+    assert source.num_examples("test") == 6
+    for split, (images, labels) in written.items():
+        assert _pairs(*source.as_numpy(split)) == _pairs(images, labels)
+        streamed = _collect(source.as_dataset(split).batch(4))
+        assert streamed[0].dtype == np.uint8 and streamed[1].dtype == np.int64
+        assert _pairs(*streamed) == _pairs(images, labels)
+
+
+def test_image_folder_converts_grey_images_to_the_first_images_channels(
+        tmp_path):
+    _make_folder(tmp_path, per_class={"train": 1})
+    grey = np.arange(30, dtype=np.uint8).reshape(5, 6, 1)
+    _write_png(tmp_path / "train" / "dog" / "grey.png", grey)
+    source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    images, labels = source.as_numpy("train")
+    converted = [image for image in images
+                 if np.array_equal(image, np.repeat(grey, 3, axis=-1))]
+    assert images.shape == (4, 5, 6, 3) and len(converted) == 1
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="--data_dir"):
+        datasets.get_dataset("image_folder", data_dir=None)
+    with pytest.raises(datasets.DatasetError, match="--data_dir"):
+        datasets.get_dataset("image_folder", data_dir=str(tmp_path / "none"))
+    with pytest.raises(datasets.DatasetError, match="--data_dir"):
+        datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+
+    _make_folder(tmp_path)
+    source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DatasetError, match="--eval_split"):
+        source.num_examples("validation")
+
+    odd = tmp_path / "train" / "dog" / "odd.png"
+    _write_png(odd, np.zeros((4, 6, 3), np.uint8))
+    with pytest.raises(datasets.DatasetError, match="odd.png"):
+        datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    odd.unlink()
+
+    _write_png(tmp_path / "test" / "fox" / "0.png", np.zeros((5, 6, 3),
+                                                              np.uint8))
+    with pytest.raises(datasets.DatasetError, match="class"):
+        datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------- TFDS ---
+
+def test_tfds_reads_a_prepared_dataset_back(tiny_tfds_dir, no_network):
+    source = datasets.get_dataset("simclr_test_tiny_images",
+                                  data_dir=str(tiny_tfds_dir))
+    assert source.num_classes == 3
+    assert source.image_shape == TINY_SHAPE
+    assert set(source.splits) == {"train", "test"}
+    for split, size in TINY_SIZES.items():
+        assert source.num_examples(split) == size
+        expected = _pairs([_tiny_image(split, i) for i in range(size)],
+                          [_tiny_label(i) for i in range(size)])
+        assert _pairs(*source.as_numpy(split)) == expected
+        streamed = _collect(source.as_dataset(split, shuffle_files=True)
+                            .batch(5))
+        assert streamed[0].dtype == np.uint8 and streamed[1].dtype == np.int64
+        assert _pairs(*streamed) == expected
+    with pytest.raises(datasets.DatasetError, match="--train_split"):
+        source.num_examples("validation")
+
+
+@pytest.mark.parametrize("split", ["train", "train+test"])
+def test_tfds_input_pipelines_read_disjoint_parts(tiny_tfds_dir, no_network,
+                                                  split):
+    # 'train' is one record file, so it is divided by example; 'train+test'
+    # is two files, which TFDS hands one to each pipeline.
+    source = datasets.get_dataset("simclr_test_tiny_images",
+                                  data_dir=str(tiny_tfds_dir))
+    parts = [_collect(source.as_dataset(split, input_context=_context(k),
+                                        shuffle_files=True).batch(16))
+             for k in (0, 1)]
+    assert all(len(labels) > 0 for _, labels in parts)
+    assert _pairs(*parts[0]) + _pairs(*parts[1]) == _pairs(
+        *source.as_numpy(split))
+
+
+@pytest.mark.parametrize("name", ["simclr_test_never_prepared", "mnist"])
+def test_tfds_registered_but_not_prepared_fails_fast(tmp_path, no_network,
+                                                     name):
+    start = time.monotonic()
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.get_dataset(name, data_dir=str(tmp_path))
+    assert time.monotonic() - start < 20
+    message = str(info.value)
+    assert "not prepared" in message and "--data_dir" in message
+    assert str(tmp_path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["no_such_dataset_xyz", "bad name!",
+                                  "community:some_dataset"])
+def test_unknown_dataset_names_the_dataset_flag(tmp_path, no_network, name):
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.get_dataset(name, data_dir=str(tmp_path))
+    message = str(info.value)
+    assert "--dataset" in message and "digits, image_folder" in message
+    assert "\n" not in message
+
+
+# ---------------------------------------------------------- input pipeline ---
+
+def _one_batch(input_fn, input_context=None):
+    images, labels = next(iter(input_fn(input_context)))
+    return images.numpy(), labels.numpy()
+
+
+def test_pretrain_batches_hold_two_different_views(digits_source):
+    input_fn = data.build_input_fn(digits_source, 32, True, split="train",
+                                   image_size=16)
+    images, labels = _one_batch(input_fn)
+    assert images.shape == (32, 16, 16, 6) and images.dtype == np.float32
+    assert labels.shape == (32,) and labels.dtype == np.int32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert np.all((labels >= 0) & (labels < 10))
+    view_differs = np.any(images[..., :3] != images[..., 3:], axis=(1, 2, 3))
+    assert view_differs.mean() >= 0.9
+
+
+def test_pretrain_with_more_views_stacks_them_on_channels(digits_source):
+    input_fn = data.build_input_fn(digits_source, 8, True, split="train",
+                                   image_size=8, num_views=3, use_blur=False,
+                                   cache_dataset=True)
+    images, _ = _one_batch(input_fn)
+    assert images.shape == (8, 8, 8, 9)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+
+
+def _flat_colour_source():
+    """Two classes of single-colour RGB images: each class one colour."""
+    colours = np.array([[40, 120, 200], [200, 90, 10]], np.uint8)
+    labels = np.arange(40) % 2
+    images = np.broadcast_to(colours[labels][:, None, None, :],
+                             (40, 12, 12, 3))
+    source = datasets.InMemorySource("flat", 2, {"train": (images, labels)})
+    return source, colours / 255.0
+
+
+def test_finetune_is_one_view_with_crop_and_flip_only():
+    # Cropping, flipping and resizing keep a single-colour image the same
+    # colour; colour distortion or blur (zero-padded at the border) would not.
+    # At 20 pixels the blur kernel is 3 wide; with one sigma per batch, four
+    # batches make a blur that is too weak to see unlikely.
+    source, colours = _flat_colour_source()
+    input_fn = data.build_input_fn(source, 16, True, split="train",
+                                   image_size=20, train_mode="finetune")
+    for images, labels in input_fn(None).take(4):
+        images, labels = images.numpy(), labels.numpy()
+        assert images.shape == (16, 20, 20, 3) and labels.dtype == np.int32
+        expected = np.broadcast_to(colours[labels][:, None, None, :],
+                                   images.shape)
+        np.testing.assert_allclose(images, expected, atol=1e-3)
+
+
+def test_pretrain_distorts_colour():
+    source, colours = _flat_colour_source()
+    input_fn = data.build_input_fn(source, 32, True, split="train",
+                                   image_size=8, use_blur=False)
+    images, labels = _one_batch(input_fn)
+    expected = colours[labels][:, None, None, :]
+    changed = np.abs(images[..., :3] - expected).max(axis=(1, 2, 3)) > 0.02
+    assert changed.mean() > 0.3
+
+
+def test_eval_keeps_order_and_the_last_partial_batch(digits_source):
+    input_fn = data.build_input_fn(digits_source, 64, False, split="test",
+                                   image_size=8)
+    batches = [(x.numpy(), y.numpy()) for x, y in input_fn(None)]
+    assert [len(y) for _, y in batches] == [64] * 7 + [52]
+    images = np.concatenate([x for x, _ in batches])
+    labels = np.concatenate([y for _, y in batches])
+    assert images.shape == (500, 8, 8, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    raw_images, raw_labels = digits_source.as_numpy("test")
+    # At its own size and without the test crop, an eval image is the raw
+    # image scaled to [0, 1], grey copied to three channels.
+    np.testing.assert_allclose(images, np.repeat(raw_images, 3, -1) / 255.0,
+                               atol=1e-5)
+    np.testing.assert_array_equal(labels, raw_labels)
+
+
+def test_input_context_halves_the_batch_and_splits_the_data(digits_source):
+    train_fn = data.build_input_fn(digits_source, 32, True, split="train",
+                                   image_size=8)
+    images, labels = _one_batch(train_fn, _context(1))
+    assert images.shape == (16, 8, 8, 6) and labels.shape == (16,)
+
+    eval_fn = data.build_input_fn(digits_source, 64, False, split="test",
+                                  image_size=8)
+    seen = collections.Counter()
+    for k in (0, 1):
+        batches = [(x.numpy(), y.numpy()) for x, y in eval_fn(_context(k))]
+        assert max(len(y) for _, y in batches) == 32
+        images = np.concatenate([x for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        assert len(labels) == 250
+        seen += _pairs(np.round(images[..., :1] * 255).astype(np.uint8),
+                       labels)
+    assert seen == _pairs(*digits_source.as_numpy("test"))
+
+
+def test_missing_split_fails_when_the_input_fn_is_built(digits_source):
+    with pytest.raises(datasets.DatasetError, match="--eval_split"):
+        data.build_input_fn(digits_source, 8, False, split="validation",
+                            image_size=8)
+
+
+def test_distributed_dataset_gives_each_replica_half_the_batch(digits_source):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
+    strategy = tf.distribute.MirroredStrategy(devices)
+    input_fn = data.build_input_fn(digits_source, 16, True, split="train",
+                                   image_size=8)
+    dist_dataset = data.build_distributed_dataset(input_fn, strategy)
+    images, labels = next(iter(dist_dataset))
+    local_images = strategy.experimental_local_results(images)
+    local_labels = strategy.experimental_local_results(labels)
+    assert len(local_images) == 2
+    for replica_images, replica_labels in zip(local_images, local_labels):
+        assert replica_images.shape == (8, 8, 8, 6)
+        assert replica_labels.shape == (8,)
+        assert replica_labels.dtype == tf.int32

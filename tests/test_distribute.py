@@ -1,0 +1,174 @@
+"""The training step gives the same loss and gradients on R replicas as on one
+device with the same global batch.
+
+(a) MirroredStrategy over the two logical CPU devices of tests/conftest.py
+    against OneDeviceStrategy, global batch norm on, for every loss;
+(b) MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1 against
+    one process, for a few optimizer steps.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import objective
+import run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GLOBAL_BATCH = 8
+IMAGE_SIZE = 8
+
+
+def tiny_config(loss="ntxent", **overrides):
+    """A small but complete configuration: ResNet-18 at 1/8 width, LARS with
+    weight decay, the online probe, synchronized batch norm."""
+    cfg = dict(
+        loss=loss, image_size=IMAGE_SIZE, train_mode="pretrain", resnet_depth=18,
+        width_multiplier=0.125, sk_ratio=0.0, se_ratio=0.0, batch_norm_decay=0.9, global_bn=True,
+        fine_tune_after_block=-1, proj_head_mode="nonlinear", proj_out_dim=16, num_proj_layers=2,
+        ft_proj_selector=0, lineareval_while_pretraining=True, optimizer="lars", momentum=0.9,
+        weight_decay=1e-4, learning_rate=0.3, learning_rate_scaling="linear", warmup_epochs=0,
+        train_batch_size=GLOBAL_BATCH, train_steps=3, train_epochs=1, temperature=0.2, seed=0)
+    cfg.update(overrides)
+    return types.SimpleNamespace(**cfg)
+
+
+def global_batch(seed=0):
+    rng = np.random.RandomState(seed)
+    features = rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 6)).astype(np.float32)
+    labels = rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
+    return features, labels
+
+
+def build(cfg, strategy, weights=None):
+    keras.utils.set_random_seed(cfg.seed)
+    model, optimizer, _, _ = run.build_all(cfg, strategy, num_classes=10, num_train_examples=64)
+    if weights is not None:
+        model.set_weights(weights)
+    return model, optimizer
+
+
+def gradients_on(strategy, cfg, weights, features, labels):
+    """(global loss logs, summed gradients) of one TrainStep on `strategy`."""
+    model, optimizer = build(cfg, strategy, weights)
+    step = run.TrainStep(model, optimizer, cfg, run_loss_params(cfg), strategy.num_replicas_in_sync)
+    replicas = strategy.num_replicas_in_sync
+    local = GLOBAL_BATCH // replicas
+
+    def shard(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: array[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
+
+    @tf.function
+    def compute(features, labels):
+        grads, logs = strategy.run(step.gradients, (features, labels))
+        grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        logs = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+        return grads, logs
+
+    grads, logs = compute(shard(features), shard(labels))
+    names = [v.path for v in model.trainable_variables]
+    return {k: float(v) for k, v in logs.items()}, dict(zip(names, [np.asarray(g) for g in grads]))
+
+
+def run_loss_params(cfg):
+    return run.resolve_loss_params(cfg, present=set())
+
+
+@pytest.fixture(scope="module")
+def strategies():
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(cpus) >= 2, "tests/conftest.py should create two logical CPU devices"
+    return tf.distribute.OneDeviceStrategy(cpus[0]), tf.distribute.MirroredStrategy(cpus[:2])
+
+
+@pytest.mark.parametrize("loss", objective.LOSSES)
+def test_mirrored_matches_single_device(strategies, loss):
+    single, mirrored = strategies
+    cfg = tiny_config(loss)
+    features, labels = global_batch()
+    reference_model, _ = build(cfg, single)
+    weights = reference_model.get_weights()
+
+    logs_1, grads_1 = gradients_on(single, cfg, weights, features, labels)
+    logs_2, grads_2 = gradients_on(mirrored, cfg, weights, features, labels)
+
+    for key in ("contrast_loss", "supervised_loss", "total_loss"):
+        np.testing.assert_allclose(logs_2[key], logs_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert grads_1.keys() == grads_2.keys()
+    nonzero = 0
+    for name, g1 in grads_1.items():
+        g2 = grads_2[name]
+        scale = np.linalg.norm(g1)
+        nonzero += scale > 0
+        assert np.linalg.norm(g2 - g1) <= 1e-5 * scale + 1e-9, (
+            f"{name}: relative gradient error {np.linalg.norm(g2 - g1) / max(scale, 1e-30):.2e}")
+    assert nonzero > len(grads_1) // 2
+
+
+def test_batch_norm_statistics_are_global(strategies):
+    """With global_bn the moving means after one step equal the single-device
+    ones, although each replica sees only half of the batch."""
+    single, mirrored = strategies
+    cfg = tiny_config()
+    features, labels = global_batch(1)
+    means = []
+    for strategy in (single, mirrored):
+        model, optimizer = build(cfg, strategy)
+        step = run.TrainStep(model, optimizer, cfg, run_loss_params(cfg), strategy.num_replicas_in_sync)
+        local = GLOBAL_BATCH // strategy.num_replicas_in_sync
+        dist = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, a=a: a[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
+            for a in (features, labels)]
+        tf.function(lambda f, l: strategy.run(step, (f, l)))(*dist)
+        means.append({v.path: np.asarray(v) for v in model.non_trainable_variables if "moving_mean" in v.path})
+    assert means[0].keys() == means[1].keys() and means[0]
+    for name in means[0]:
+        np.testing.assert_allclose(means[1][name], means[0][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_matches_one_process(tmp_path):
+    """Two worker processes (one replica each) on 127.0.0.1 train the same
+    steps as one process on the whole batch, and report the same losses."""
+    script = os.path.join(HERE, "multiworker_steps.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.pop("TF_CONFIG", None)
+
+    single = subprocess.run([sys.executable, script, str(tmp_path / "single.json")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    ports = [free_port(), free_port()]
+    workers = []
+    for task_id in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": task_id}}
+        workers.append(subprocess.Popen(
+            [sys.executable, script, str(tmp_path / f"worker{task_id}.json")],
+            env=dict(env, TF_CONFIG=json.dumps(tf_config)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-3000:]
+
+    reference = json.loads((tmp_path / "single.json").read_text())
+    assert reference["replicas"] == 1
+    for task_id in range(2):
+        result = json.loads((tmp_path / f"worker{task_id}.json").read_text())
+        assert result["replicas"] == 2
+        np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-4)
+        np.testing.assert_allclose(result["weight_norm"], reference["weight_norm"], rtol=1e-4)

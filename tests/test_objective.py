@@ -1,0 +1,677 @@
+"""Tests of objective.py against straightforward float64 numpy re-implementations.
+
+The references below are written from the formulas (loops over anchors and
+pairs, plain sums of exponentials through a max-shifted log-sum-exp), not from
+the module's vectorised code, and they carry their own defaults.
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import tensorflow as tf
+
+import objective
+
+
+# ---------------------------------------------------------------------------
+# float64 numpy references.
+# ---------------------------------------------------------------------------
+
+def np_normalize(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def np_lse(values):
+    values = np.asarray(values, np.float64)
+    top = values.max()
+    return top + math.log(np.exp(values - top).sum())
+
+
+def _ref_softmax_family(z1, z2, temperature, hidden_norm, keep_positive,
+                        num_negatives):
+    """NT-Xent / DCL / hard loss, one anchor at a time."""
+    if hidden_norm:
+        z1, z2 = np_normalize(z1), np_normalize(z2)
+    size = len(z1)
+    total = 0.0
+    for anchors, partners in ((z1, z2), (z2, z1)):
+        for i in range(size):
+            positive = anchors[i] @ partners[i] / temperature
+            negatives = [anchors[i] @ partners[j] / temperature
+                         for j in range(size) if j != i]
+            negatives += [anchors[i] @ anchors[j] / temperature
+                          for j in range(size) if j != i]
+            if num_negatives is not None:
+                negatives = sorted(negatives, reverse=True)[:num_negatives]
+            candidates = ([positive] if keep_positive else []) + negatives
+            total += np_lse(candidates) - positive
+    return total / size
+
+
+def ref_ntxent(z1, z2, temperature=0.1, hidden_norm=True):
+    return _ref_softmax_family(z1, z2, temperature, hidden_norm, True, None)
+
+
+def ref_dcl(z1, z2, temperature=0.1, hidden_norm=True):
+    return _ref_softmax_family(z1, z2, temperature, hidden_norm, False, None)
+
+
+def ref_hard(z1, z2, temperature=0.5, num_negatives=None, hidden_norm=True):
+    return _ref_softmax_family(z1, z2, temperature, hidden_norm, True,
+                               num_negatives)
+
+
+def ref_simple(z1, z2, lambda_weight=None):
+    z1, z2 = np_normalize(z1), np_normalize(z2)
+    size = len(z1)
+    if lambda_weight is None:
+        lambda_weight = 1.0 / (2 * size - 2)
+    total = 0.0
+    for anchors, partners in ((z1, z2), (z2, z1)):
+        for i in range(size):
+            negatives = sum(anchors[i] @ partners[j] + anchors[i] @ anchors[j]
+                            for j in range(size) if j != i)
+            total += -anchors[i] @ partners[i] + lambda_weight * negatives
+    return total / size
+
+
+def ref_dhel(z1, z2, temperature=0.3, include_augs=True):
+    z1, z2 = np_normalize(z1), np_normalize(z2)
+    size = len(z1)
+    total = 0.0
+    for i in range(size):
+        total -= z1[i] @ z2[i] / temperature
+        total += np_lse([z1[i] @ z1[j] / temperature for j in range(size) if j != i])
+        if include_augs:
+            total += np_lse([z2[i] @ z2[j] / temperature
+                             for j in range(size) if j != i])
+    return total / size
+
+
+def _ref_kernels(kernel, t):
+    """(K_U, K_A) as functions of the distance D."""
+    if kernel == "gaussian":
+        k = lambda dist: math.exp(-t * dist ** 2)
+        return k, k
+    if kernel == "log":
+        return (lambda dist: -0.5 * math.log(1 + t * dist ** 2),
+                lambda dist: -math.log(1 + t * dist ** 2))
+    if kernel == "imq":
+        k = lambda dist: t / math.sqrt(t ** 2 + dist ** 2)
+        return k, k
+    assert kernel == "riesz"
+
+    def riesz(dist):
+        guarded = math.sqrt(dist ** 2 + 1e-6)  # the documented guard
+        return guarded ** -t if t > 0 else -guarded ** abs(t)
+    return riesz, riesz
+
+
+def ref_kcl(z1, z2, kernel="gaussian", t=2.0, gamma=16.0):
+    z1, z2 = np_normalize(z1), np_normalize(z2)
+    k_uniform, k_align = _ref_kernels(kernel, t)
+    size = len(z1)
+    alignment = np.mean([k_align(np.linalg.norm(z1[i] - z2[i])) for i in range(size)])
+    energy = 0.0
+    for x in (z1, z2):
+        energy += np.mean([k_uniform(np.linalg.norm(x[i] - x[j]))
+                           for i in range(size) for j in range(size) if i != j])
+    return -2 * alignment + gamma * energy
+
+
+def ref_align_uniform(z1, z2, alpha=2.0, t=2.0, lambda_weight=1.0):
+    z1, z2 = np_normalize(z1), np_normalize(z2)
+    size = len(z1)
+    alignment = np.mean([np.linalg.norm(z1[i] - z2[i]) ** alpha for i in range(size)])
+
+    def uniformity(x):
+        potentials = [math.exp(-t * np.sum((x[i] - x[j]) ** 2))
+                      for i in range(size) for j in range(i + 1, size)]
+        return math.log(np.mean(potentials))
+    return alignment + lambda_weight * (uniformity(z1) + uniformity(z2)) / 2
+
+
+def ref_decoupled(z1, z2, temperature=1.0, lambda_weight=1.0, scale=1.0,
+                  hidden_norm=True):
+    if hidden_norm:
+        z1, z2 = np_normalize(z1), np_normalize(z2)
+    size, dim = z1.shape
+    alignment = np.sum((z1 - z2) ** 2) / (2 * size * dim)
+    stacked = np.concatenate([z1, z2])
+    dist = np.mean([np_lse([h_a @ h_b / temperature for h_b in stacked]) - math.log(dim)
+                    for h_a in stacked])
+    return scale * (alignment + lambda_weight * dist)
+
+
+def ref_orthogonal(noise):
+    q, r = np.linalg.qr(np.asarray(noise, np.float64))
+    return q * np.sign(np.diag(r))
+
+
+def ref_prior(prior, noise):
+    noise = np.asarray(noise, np.float64)
+    if prior == "normal":
+        return noise
+    if prior == "uniform_hypersphere":
+        return np_normalize(noise)
+    return scipy.special.erf(noise / math.sqrt(2))
+
+
+def ref_sliced_wasserstein(x, y, projection):
+    px, py = x @ projection, y @ projection
+    total = 0.0
+    for k in range(projection.shape[1]):
+        total += np.sum((np.sort(px[:, k]) - np.sort(py[:, k])) ** 2)
+    return total / (len(x) * projection.shape[1])
+
+
+def ref_swd(z1, z2, prior="uniform_hypersphere", lambda_weight=1.0, scale=1.0,
+            hidden_norm=None, projection_noise=None, prior_noise=None):
+    if hidden_norm is None:
+        hidden_norm = prior == "uniform_hypersphere"
+    if hidden_norm:
+        z1, z2 = np_normalize(z1), np_normalize(z2)
+    size, dim = z1.shape
+    alignment = np.sum((z1 - z2) ** 2) / (2 * size * dim)
+    dist = ref_sliced_wasserstein(np.concatenate([z1, z2]),
+                                  ref_prior(prior, prior_noise),
+                                  ref_orthogonal(projection_noise))
+    return scale * (alignment + lambda_weight * dist)
+
+
+REFERENCES = {
+    "ntxent": ref_ntxent, "dcl": ref_dcl, "hard": ref_hard, "simple": ref_simple,
+    "dhel": ref_dhel, "kcl": ref_kcl, "align_uniform": ref_align_uniform,
+    "decoupled": ref_decoupled, "swd": ref_swd,
+}
+
+
+def reference(name, z1, z2, **params):
+    params = {k: (np.asarray(v, np.float64) if k.endswith("_noise") else v)
+              for k, v in params.items()}
+    return REFERENCES[name](np.asarray(z1, np.float64), np.asarray(z2, np.float64),
+                            **params)
+
+
+# ---------------------------------------------------------------------------
+# Configurations and helpers.
+# ---------------------------------------------------------------------------
+
+CONFIGS = [
+    ("ntxent", {}),
+    ("ntxent", {"temperature": 0.5}),
+    ("ntxent", {"temperature": 0.2, "hidden_norm": False}),
+    ("dcl", {}),
+    ("dcl", {"temperature": 0.3, "hidden_norm": False}),
+    ("hard", {}),
+    ("hard", {"num_negatives": 1}),
+    ("hard", {"num_negatives": 5, "temperature": 0.2}),
+    ("hard", {"num_negatives": 3, "hidden_norm": False}),
+    ("simple", {}),
+    ("simple", {"lambda_weight": 0.3}),
+    ("dhel", {}),
+    ("dhel", {"include_augs": False}),
+    ("dhel", {"temperature": 0.1}),
+    ("kcl", {}),
+    ("kcl", {"kernel": "gaussian", "t": 1.0, "gamma": 4.0}),
+    ("kcl", {"kernel": "log"}),
+    ("kcl", {"kernel": "log", "t": 0.5, "gamma": 1.0}),
+    ("kcl", {"kernel": "imq"}),
+    ("kcl", {"kernel": "imq", "t": 0.5}),
+    ("kcl", {"kernel": "riesz"}),
+    ("kcl", {"kernel": "riesz", "t": -1.0}),
+    ("align_uniform", {}),
+    ("align_uniform", {"alpha": 1.0, "t": 3.0, "lambda_weight": 0.5}),
+    ("decoupled", {}),
+    ("decoupled", {"temperature": 0.2, "lambda_weight": 0.1, "scale": 2.0}),
+    ("decoupled", {"hidden_norm": False}),
+    ("swd", {}),
+    ("swd", {"prior": "normal"}),
+    ("swd", {"prior": "uniform_hypercube"}),
+    ("swd", {"prior": "normal", "hidden_norm": True}),
+    ("swd", {"prior": "uniform_hypersphere", "lambda_weight": 5.0, "scale": 0.5}),
+]
+CONFIG_IDS = [name + "-" + "-".join(f"{k}={v}" for k, v in params.items())
+              for name, params in CONFIGS]
+
+
+def random_views(size, dim, seed, scale=1.0):
+    rng = np.random.RandomState(seed)
+    z1 = (scale * rng.randn(size, dim)).astype(np.float32)
+    z2 = (z1 + 0.5 * scale * rng.randn(size, dim)).astype(np.float32)
+    return z1, z2
+
+
+def with_noise(name, params, size, dim, seed=0):
+    """swd parameters completed with explicit standard-normal noise."""
+    if name != "swd":
+        return dict(params)
+    rng = np.random.RandomState(1000 + seed)
+    return dict(params,
+                projection_noise=rng.randn(dim, dim).astype(np.float32),
+                prior_noise=rng.randn(2 * size, dim).astype(np.float32))
+
+
+def loss_and_grads(name, z1, z2, **params):
+    z1, z2 = tf.constant(z1), tf.constant(z2)
+    with tf.GradientTape() as tape:
+        tape.watch([z1, z2])
+        loss = objective.compute_loss(name, z1, z2, **params)
+    g1, g2 = tape.gradient(loss, [z1, z2])
+    return loss, g1, g2
+
+
+def numeric_grads(fn, z1, z2, step=1e-6):
+    """Central finite differences of a float64 function of (z1, z2)."""
+    grads = []
+    for which in range(2):
+        args = [np.array(z1, np.float64), np.array(z2, np.float64)]
+        grad = np.zeros_like(args[which])
+        for index in np.ndindex(grad.shape):
+            original = args[which][index]
+            args[which][index] = original + step
+            plus = fn(*args)
+            args[which][index] = original - step
+            minus = fn(*args)
+            args[which][index] = original
+            grad[index] = (plus - minus) / (2 * step)
+        grads.append(grad)
+    return grads
+
+
+# ---------------------------------------------------------------------------
+# Values and gradients against the references.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_loss_matches_numpy_reference(name, params):
+    z1, z2 = random_views(8, 5, seed=1)
+    params = with_noise(name, params, 8, 5)
+    loss = objective.compute_loss(name, z1, z2, **params)
+    assert loss.dtype == tf.float32 and loss.shape == ()
+    np.testing.assert_allclose(float(loss), reference(name, z1, z2, **params),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_gradient_matches_finite_differences(name, params):
+    z1, z2 = random_views(4, 3, seed=2)
+    params = with_noise(name, params, 4, 3)
+    if name == "hard" and "num_negatives" in params:
+        params["num_negatives"] = min(params["num_negatives"], 3)
+    _, g1, g2 = loss_and_grads(name, z1, z2, **params)
+    n1, n2 = numeric_grads(lambda a, b: reference(name, a, b, **params), z1, z2)
+    scale = max(1.0, np.abs(n1).max(), np.abs(n2).max())
+    np.testing.assert_allclose(g1.numpy(), n1, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(g2.numpy(), n2, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_each_loss_is_covered():
+    assert {name for name, _ in CONFIGS} == set(objective.LOSSES)
+    assert {p["kernel"] for n, p in CONFIGS if n == "kcl" and "kernel" in p} == set(
+        objective.KCL_KERNELS)
+    assert {p.get("prior", "uniform_hypersphere") for n, p in CONFIGS
+            if n == "swd"} == set(objective.PRIORS)
+
+
+def test_loss_params_lists_each_loss_with_the_specified_defaults():
+    # The defaults as the task specifies them; the references above carry the
+    # same defaults, so the default configs also check that they are used.
+    expected = {
+        "ntxent": {"temperature": 0.1, "hidden_norm": True},
+        "decoupled": {"temperature": 1.0, "lambda_weight": 1.0, "scale": 1.0,
+                      "hidden_norm": True},
+        "swd": {"prior": "uniform_hypersphere", "lambda_weight": 1.0,
+                "scale": 1.0, "hidden_norm": None, "projection_noise": None,
+                "prior_noise": None},
+        "dcl": {"temperature": 0.1, "hidden_norm": True},
+        "dhel": {"temperature": 0.3, "include_augs": True},
+        "kcl": {"kernel": "gaussian", "t": 2.0, "gamma": 16.0},
+        "hard": {"temperature": 0.5, "num_negatives": None, "hidden_norm": True},
+        "simple": {"lambda_weight": None},
+        "align_uniform": {"alpha": 2.0, "t": 2.0, "lambda_weight": 1.0},
+    }
+    assert objective.LOSS_PARAMS == expected
+    assert tuple(objective.LOSS_PARAMS) == objective.LOSSES
+
+
+def test_contrastive_accuracy_and_entropy_matches_numpy():
+    z1, z2 = random_views(8, 5, seed=3)
+    for hidden_norm, temperature in ((True, 0.1), (False, 0.7)):
+        a, b = (np_normalize(z1), np_normalize(z2)) if hidden_norm else (z1, z2)
+        hits, entropies = [], []
+        for i in range(8):
+            logits = np.array([a[i] @ b[j] for j in range(8)], np.float64) / temperature
+            p = np.exp(logits - np_lse(logits))
+            hits.append(np.argmax(logits) == i)
+            entropies.append(-np.sum(p * np.log(p)))
+        acc, ent = objective.contrastive_accuracy_and_entropy(
+            z1, z2, temperature=temperature, hidden_norm=hidden_norm)
+        assert acc.dtype == tf.float32 and ent.dtype == tf.float32
+        assert float(acc) == pytest.approx(np.mean(hits))
+        np.testing.assert_allclose(float(ent), np.mean(entropies), rtol=1e-5)
+
+
+def test_contrastive_accuracy_known_values_and_replicas():
+    # Orthonormal rows with z1 == z2: every anchor finds its partner, and at a
+    # tiny temperature the softmax is one-hot (entropy 0).
+    eye = np.eye(6, dtype=np.float32)
+    acc, ent = objective.contrastive_accuracy_and_entropy(eye, eye, temperature=0.01)
+    assert float(acc) == 1.0 and float(ent) == pytest.approx(0.0, abs=1e-6)
+    # Identical rows everywhere: uniform softmax over B candidates.
+    ones = np.ones((6, 3), np.float32)
+    _, ent = objective.contrastive_accuracy_and_entropy(ones, ones)
+    assert float(ent) == pytest.approx(math.log(6), rel=1e-6)
+    # Per-replica summaries average to the global ones.
+    z1, z2 = random_views(8, 5, seed=4)
+    z1[:4] = z2[:4] * 3  # make some anchors certainly correct
+    global_acc, global_ent = objective.contrastive_accuracy_and_entropy(z1, z2)
+    accs, ents = [], []
+    for r in range(2):
+        acc, ent = objective.contrastive_accuracy_and_entropy(
+            z1[4 * r:4 * r + 4], z2[4 * r:4 * r + 4], z2_all=z2, replica_id=r)
+        accs.append(float(acc))
+        ents.append(float(ent))
+    assert np.mean(accs) == pytest.approx(float(global_acc))
+    assert np.mean(ents) == pytest.approx(float(global_ent), rel=1e-6)
+    assert accs[0] == 1.0
+
+
+# ---------------------------------------------------------------------------
+# Distribution contract.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_mean_over_replicas_equals_global_loss_and_gradient(name, params, replicas):
+    size, dim = 8, 5
+    z1_np, z2_np = random_views(size, dim, seed=5)
+    params = with_noise(name, params, size, dim)
+    z1_all, z2_all = tf.constant(z1_np), tf.constant(z2_np)
+    local = size // replicas
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([z1_all, z2_all])
+        global_loss = objective.compute_loss(name, z1_all, z2_all, **params)
+        per_replica = [
+            objective.compute_loss(
+                name, z1_all[r * local:(r + 1) * local],
+                z2_all[r * local:(r + 1) * local],
+                z1_all=z1_all, z2_all=z2_all, replica_id=r, **params)
+            for r in range(replicas)]
+        mean_loss = tf.add_n(per_replica) / replicas
+    np.testing.assert_allclose(float(mean_loss), float(global_loss),
+                               rtol=1e-5, atol=1e-6)
+    expected = tape.gradient(global_loss, [z1_all, z2_all])
+    got = tape.gradient(mean_loss, [z1_all, z2_all])
+    for g, e in zip(got, expected):
+        scale = max(1.0, float(tf.reduce_max(tf.abs(e))))
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_replica_id_tensor_is_accepted():
+    z1, z2 = random_views(8, 5, seed=6)
+    as_int = objective.compute_loss("ntxent", z1[4:], z2[4:], z1_all=z1, z2_all=z2,
+                                    replica_id=1)
+    as_tensor = objective.compute_loss("ntxent", z1[4:], z2[4:], z1_all=z1,
+                                       z2_all=z2, replica_id=tf.constant(1))
+    assert float(as_int) == float(as_tensor)
+
+
+# ---------------------------------------------------------------------------
+# Numerics.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_half_precision_inputs_give_float32_result(name, params, dtype):
+    z1, z2 = random_views(8, 5, seed=7)
+    params = with_noise(name, params, 8, 5)
+    low1, low2 = tf.cast(z1, dtype), tf.cast(z2, dtype)
+    loss = objective.compute_loss(name, low1, low2, **params)
+    assert loss.dtype == tf.float32
+    # Exactly the float32 computation on the (rounded) input values ...
+    upcast = objective.compute_loss(name, tf.cast(low1, tf.float32),
+                                    tf.cast(low2, tf.float32), **params)
+    np.testing.assert_allclose(float(loss), float(upcast), rtol=1e-6, atol=1e-6)
+    # ... and close to the float32 loss; the gap is only the input rounding.
+    exact = float(objective.compute_loss(name, z1, z2, **params))
+    tolerance = 5e-3 if dtype == tf.float16 else 5e-2
+    np.testing.assert_allclose(float(loss), exact, rtol=tolerance,
+                               atol=tolerance * max(1.0, abs(exact)))
+
+
+@pytest.mark.parametrize("layout", ["pairs_equal", "all_rows_equal"])
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_identical_embeddings_give_finite_loss_and_gradients(name, params, layout):
+    z1, _ = random_views(6, 4, seed=8)
+    if layout == "all_rows_equal":
+        z1 = np.repeat(z1[:1], 6, axis=0)
+    params = with_noise(name, params, 6, 4)
+    loss, g1, g2 = loss_and_grads(name, z1, z1.copy(), **params)
+    assert np.isfinite(float(loss))
+    assert np.all(np.isfinite(g1.numpy())) and np.all(np.isfinite(g2.numpy()))
+
+
+def test_zero_rows_normalise_to_zero_with_finite_gradients():
+    x = tf.constant(np.zeros((3, 4), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = objective.l2_normalize(x)
+        total = tf.reduce_sum(y)
+    assert np.all(y.numpy() == 0)
+    assert np.all(np.isfinite(tape.gradient(total, x).numpy()))
+    z1, z2 = random_views(6, 4, seed=9)
+    z1[2] = 0.0
+    for name in objective.LOSSES:
+        params = with_noise(name, {}, 6, 4)
+        loss, g1, g2 = loss_and_grads(name, z1, z2, **params)
+        assert np.isfinite(float(loss)), name
+        assert np.all(np.isfinite(g1.numpy())) and np.all(np.isfinite(g2.numpy())), name
+
+
+def test_normalisation_happens_in_float32():
+    # Entries of 1e-4 have squares (1e-8) below float16's smallest subnormal,
+    # so a float16 normalisation would see a zero norm.
+    x = np.full((2, 4), 1e-4, np.float16)
+    y = objective.l2_normalize(x)
+    assert y.dtype == tf.float32
+    np.testing.assert_allclose(np.linalg.norm(y.numpy(), axis=1), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("ntxent", {}), ("dcl", {}), ("dhel", {}), ("decoupled", {}),
+    ("ntxent", {"hidden_norm": False}), ("dcl", {"hidden_norm": False}),
+    ("decoupled", {"hidden_norm": False}),
+], ids=["ntxent", "dcl", "dhel", "decoupled", "ntxent-raw", "dcl-raw",
+        "decoupled-raw"])
+def test_small_temperature_large_batch_does_not_overflow(name, params):
+    # Raw rows of norm ~4 give logits up to ~16 / 0.05 = 320: exp overflows
+    # float32 (max ~e^88) unless log-sum-exp is used throughout.
+    size, dim = 4096, 4
+    rng = np.random.RandomState(10)
+    z1 = (2 * rng.randn(size, dim)).astype(np.float32)
+    z2 = (z1 + 0.1 * rng.randn(size, dim)).astype(np.float32)
+    loss = float(objective.compute_loss(name, z1, z2, temperature=0.05, **params))
+    assert np.isfinite(loss)
+    if name == "ntxent":
+        # Vectorised float64 check of the value at this scale.
+        a, b = (np_normalize(z1.astype(np.float64)), np_normalize(z2.astype(np.float64))) \
+            if params.get("hidden_norm", True) else (z1.astype(np.float64),
+                                                    z2.astype(np.float64))
+        total = 0.0
+        for x, y in ((a, b), (b, a)):
+            cross, same = x @ y.T / 0.05, x @ x.T / 0.05
+            np.fill_diagonal(same, -np.inf)
+            lse = scipy.special.logsumexp(np.concatenate([cross, same], 1), axis=1)
+            total += np.mean(lse - np.diag(cross))
+        np.testing.assert_allclose(loss, total, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Identities.
+# ---------------------------------------------------------------------------
+
+def test_hard_with_all_negatives_is_ntxent():
+    z1, z2 = random_views(6, 4, seed=11)
+    for hidden_norm in (True, False):
+        ntxent = float(objective.compute_loss("ntxent", z1, z2, temperature=0.5,
+                                              hidden_norm=hidden_norm))
+        for k in (None, 10, 11, 1000):
+            hard = float(objective.compute_loss("hard", z1, z2, num_negatives=k,
+                                                hidden_norm=hidden_norm))
+            assert hard == ntxent
+        # Fewer kept negatives can only lower each log-sum-exp.
+        values = [float(objective.compute_loss("hard", z1, z2, num_negatives=k,
+                                               hidden_norm=hidden_norm))
+                  for k in range(1, 11)]
+        assert all(x < y for x, y in zip(values, values[1:]))
+        assert values[-1] == pytest.approx(ntxent, rel=1e-6)
+
+
+def test_decoupled_alignment_term_is_mean_one_minus_cos_over_d():
+    z1, z2 = random_views(8, 5, seed=12)
+    a, b = np_normalize(z1.astype(np.float64)), np_normalize(z2.astype(np.float64))
+    expected = np.mean(1.0 - np.sum(a * b, axis=1)) / 5
+    for scale in (1.0, 3.0):
+        loss = objective.compute_loss("decoupled", z1, z2, lambda_weight=0.0,
+                                      scale=scale)
+        np.testing.assert_allclose(float(loss), scale * expected, rtol=1e-5)
+
+
+def test_sliced_wasserstein_of_a_sample_with_itself_is_zero():
+    rng = np.random.RandomState(13)
+    x = rng.randn(16, 4).astype(np.float32)
+    w = objective.orthogonal_from_noise(rng.randn(4, 4).astype(np.float32))
+    assert float(objective.sliced_wasserstein(x, x, w)) == 0.0
+    # Row order does not matter, since each slice is sorted.
+    assert float(objective.sliced_wasserstein(x, x[::-1], w)) == 0.0
+
+
+def test_sliced_wasserstein_matches_numpy():
+    rng = np.random.RandomState(14)
+    x, y = rng.randn(16, 4), rng.randn(16, 4) + 1
+    projection = rng.randn(4, 3)
+    got = objective.sliced_wasserstein(x.astype(np.float32), y.astype(np.float32),
+                                       projection.astype(np.float32))
+    expected = ref_sliced_wasserstein(x.astype(np.float32).astype(np.float64),
+                                      y.astype(np.float32).astype(np.float64),
+                                      projection.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_orthogonal_from_noise_is_orthogonal_and_sign_corrected():
+    noise = np.random.RandomState(15).randn(6, 6).astype(np.float32)
+    w = objective.orthogonal_from_noise(noise).numpy()
+    np.testing.assert_allclose(w.T @ w, np.eye(6), atol=1e-5)
+    np.testing.assert_allclose(w, ref_orthogonal(noise), atol=1e-5)
+
+
+@pytest.mark.parametrize("prior", objective.PRIORS)
+def test_swd_distance_to_an_independent_prior_draw_is_small(prior):
+    size, dim = 256, 4
+    rng = np.random.RandomState(16)
+    # Independent numpy samplers of each prior.
+    if prior == "normal":
+        draw = rng.randn(2 * size, dim)
+    elif prior == "uniform_hypersphere":
+        draw = np_normalize(rng.randn(2 * size, dim))
+    else:
+        draw = rng.uniform(-1.0, 1.0, size=(2 * size, dim))
+    draw = draw.astype(np.float32)
+    collapsed = np.repeat(draw[:1], 2 * size, axis=0)
+
+    def distance(h):
+        # dist = L(lambda=1) - L(lambda=0) for the same noise.
+        kwargs = dict(prior=prior, seed=17)
+        full = objective.compute_loss("swd", h[:size], h[size:], **kwargs)
+        align = objective.compute_loss("swd", h[:size], h[size:], lambda_weight=0.0,
+                                       **kwargs)
+        return float(full) - float(align)
+
+    matched, collapsed_distance = distance(draw), distance(collapsed)
+    assert 0 <= matched < 0.1 * collapsed_distance
+
+
+def test_swd_seed_is_repeatable_and_none_is_fresh():
+    z1, z2 = random_views(8, 5, seed=18)
+    first = float(objective.compute_loss("swd", z1, z2, seed=3))
+    again = float(objective.compute_loss("swd", z1, z2, seed=3))
+    other = float(objective.compute_loss("swd", z1, z2, seed=4))
+    assert first == again and first != other
+    fresh = [float(objective.compute_loss("swd", z1, z2)) for _ in range(2)]
+    assert fresh[0] != fresh[1]
+    generator = __import__("keras").random.SeedGenerator(5)
+    from_generator = [float(objective.compute_loss("swd", z1, z2, seed=generator))
+                      for _ in range(2)]
+    assert from_generator[0] != from_generator[1]
+
+
+def test_swd_supplied_noise_overrides_seed():
+    z1, z2 = random_views(8, 5, seed=19)
+    params = with_noise("swd", {}, 8, 5)
+    a = float(objective.compute_loss("swd", z1, z2, seed=1, **params))
+    b = float(objective.compute_loss("swd", z1, z2, seed=2, **params))
+    assert a == b
+
+
+def test_prior_from_noise_hypercube_is_uniform():
+    noise = np.random.RandomState(20).randn(20000, 2).astype(np.float32)
+    u = objective.prior_from_noise("uniform_hypercube", noise).numpy()
+    assert u.min() >= -1 and u.max() <= 1
+    # Kolmogorov distance to U(-1, 1) of each column.
+    grid = np.sort(u, axis=0)
+    ecdf = np.arange(1, len(u) + 1)[:, None] / len(u)
+    assert np.max(np.abs(ecdf - (grid + 1) / 2)) < 0.015
+
+
+# ---------------------------------------------------------------------------
+# Errors.
+# ---------------------------------------------------------------------------
+
+def _assert_one_line_listing(excinfo, bad, allowed):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert str(bad) in message
+    for value in allowed:
+        assert value in message
+
+
+def test_unknown_loss_name():
+    z1, z2 = random_views(4, 3, seed=21)
+    with pytest.raises(ValueError) as excinfo:
+        objective.compute_loss("infonce", z1, z2)
+    _assert_one_line_listing(excinfo, "infonce", objective.LOSSES)
+
+
+def test_unknown_parameter():
+    z1, z2 = random_views(4, 3, seed=22)
+    with pytest.raises(ValueError) as excinfo:
+        objective.compute_loss("ntxent", z1, z2, lambda_weight=1.0)
+    _assert_one_line_listing(excinfo, "lambda_weight", ["temperature", "hidden_norm"])
+    with pytest.raises(ValueError) as excinfo:
+        objective.compute_loss("dhel", z1, z2, hidden_norm=False)
+    _assert_one_line_listing(excinfo, "hidden_norm", ["temperature", "include_augs"])
+
+
+def test_unknown_prior_and_kernel():
+    z1, z2 = random_views(4, 3, seed=23)
+    with pytest.raises(ValueError) as excinfo:
+        objective.compute_loss("swd", z1, z2, prior="laplace")
+    _assert_one_line_listing(excinfo, "laplace", objective.PRIORS)
+    with pytest.raises(ValueError) as excinfo:
+        objective.compute_loss("kcl", z1, z2, kernel="cosine")
+    _assert_one_line_listing(excinfo, "cosine", objective.KCL_KERNELS)
+
+
+def test_inconsistent_inputs_are_rejected():
+    z1, z2 = random_views(4, 3, seed=24)
+    with pytest.raises(ValueError):
+        objective.compute_loss("ntxent", z1, z2, replica_id=1)
+    with pytest.raises(ValueError):
+        objective.compute_loss("ntxent", z1, z2, z1_all=z1)
+    with pytest.raises(ValueError):
+        objective.compute_loss("ntxent", z1, z2[:, :2])
+    with pytest.raises(ValueError):
+        objective.compute_loss("hard", z1, z2, num_negatives=0)
