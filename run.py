@@ -321,7 +321,10 @@ def cross_replica_gather(x):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return x, 0
-    return context.all_gather(x, axis=0), context.replica_id_in_sync_group
+    gathered = context.all_gather(x, axis=0)
+    rows = None if x.shape[0] is None else x.shape[0] * context.num_replicas_in_sync
+    gathered.set_shape([rows] + x.shape[1:])  # all_gather drops the static shape
+    return gathered, context.replica_id_in_sync_group
 
 
 class TrainStep:

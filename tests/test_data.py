@@ -434,10 +434,9 @@ def test_missing_split_fails_when_the_input_fn_is_built(digits_source):
                             image_size=8)
 
 
-def test_distributed_dataset_gives_each_replica_half_the_batch(digits_source):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_distributed_dataset_gives_each_replica_half_the_batch(digits_source, mirrored_strategy):
+    strategy = mirrored_strategy
+    assert strategy.num_replicas_in_sync == 2
     input_fn = data.build_input_fn(digits_source, 16, True, split="train",
                                    image_size=8)
     dist_dataset = data.build_distributed_dataset(input_fn, strategy)

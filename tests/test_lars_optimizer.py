@@ -310,10 +310,9 @@ def test_inside_tf_function(classic, nesterov):
     assert int(to_numpy(optimizer.iterations)) == 3
 
 
-def test_mirrored_strategy_sums_replica_gradients():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2, "tests/conftest.py should create 2 CPUs"
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_mirrored_strategy_sums_replica_gradients(mirrored_strategy):
+    strategy = mirrored_strategy
+    assert strategy.num_replicas_in_sync == 2, "tests/conftest.py should create 2 CPUs"
     rng = np.random.default_rng(7)
     values = random_values(rng)
     steps = 2

@@ -449,10 +449,10 @@ def test_fully_frozen_encoder_runs_batch_norm_in_inference_mode():
 # --------------------------------------------------------------------------
 # Cross-replica batch norm.
 # --------------------------------------------------------------------------
-def test_global_bn_uses_statistics_of_the_global_batch():
+def test_global_bn_uses_statistics_of_the_global_batch(mirrored_strategy):
     rng = np.random.default_rng(8)
     images = rng.uniform(size=(4, 8, 8, 3)).astype("float32")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     with strategy.scope():
         synced = built(18, width_multiplier=0.0625, cifar_stem=True,
                        global_bn=True)
