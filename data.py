@@ -24,7 +24,7 @@ def _view_count(is_training, train_mode, num_views):
 def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
-                   num_views=2):
+                   num_views=2, flip=True):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
@@ -48,6 +48,8 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         cache_dataset: cache the decoded examples before augmentation.
         area_range: range of the random crop's area fraction.
         num_views: views per example in pretraining.
+        flip: random horizontal flips in training (off for data whose
+            mirror image is another class, such as digits).
 
     Returns:
         `input_fn(input_context=None)` -> `tf.data.Dataset` of
@@ -73,7 +75,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             image, image_size, image_size, is_training=True,
             color_distort=train_mode == "pretrain",
             color_jitter_strength=color_jitter_strength,
-            area_range=area_range)
+            area_range=area_range, flip=flip)
 
     def map_fn(image, label):
         image = tf.concat([preprocess(image) for _ in range(views)], axis=-1)

@@ -430,7 +430,8 @@ def preprocess_image(image,
                      color_distort=True,
                      test_crop=True,
                      color_jitter_strength=1.0,
-                     area_range=(0.08, 1.0)):
+                     area_range=(0.08, 1.0),
+                     flip=True):
     """Converts an image to float32 in [0, 1] and makes a train or eval view.
 
     Integer images are scaled to [0, 1] (uint8: x / 255). Float images are
@@ -449,5 +450,5 @@ def preprocess_image(image,
             image, height, width,
             color_distort=color_distort,
             color_jitter_strength=color_jitter_strength,
-            area_range=area_range)
+            area_range=area_range, flip=flip)
     return preprocess_for_eval(image, height, width, crop=test_crop)

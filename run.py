@@ -141,6 +141,7 @@ flags.DEFINE_integer("hard_num_negatives", None, "hard: negatives kept per ancho
 flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
 flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
 flags.DEFINE_float("crop_min_area", 0.08, "Smallest area fraction of the random resized crop.")
+flags.DEFINE_bool("use_flip", True, "Random horizontal flips in training (the original always flips).")
 flags.DEFINE_bool("compute_baselines", False,
                   "After eval, also fit logistic regression on raw pixels and on an untrained encoder's features "
                   "(small datasets only).")
@@ -172,10 +173,11 @@ SHARED_LOSS_FLAGS = ("temperature",)
 PRESETS = {
     "digits": dict(
         mode="train_then_eval", image_size=16, resnet_depth=18, width_multiplier=0.25,
-        train_batch_size=256, train_epochs=100, warmup_epochs=5, learning_rate=1.0,
-        weight_decay=1e-4, temperature=0.2, proj_out_dim=64, num_proj_layers=2,
-        eval_split="test", eval_batch_size=500, checkpoint_epochs=10, use_blur=False,
-        color_jitter_strength=0.5, crop_min_area=0.25, compute_baselines=True),
+        train_batch_size=256, train_epochs=100, warmup_epochs=5, optimizer="adam",
+        learning_rate=3e-3, weight_decay=1e-6, temperature=0.2, proj_out_dim=64,
+        num_proj_layers=2, eval_split="test", eval_batch_size=500, checkpoint_epochs=10,
+        use_blur=False, use_flip=False, color_jitter_strength=0.3, crop_min_area=0.5,
+        compute_baselines=True),
 }
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
@@ -451,6 +453,15 @@ def resolve_checkpoint_path(path):
     return path
 
 
+def make_checkpoint(model, **objects):
+    """tf.train.Checkpoint of the model (and `objects`) that holds every model
+    variable. Keras 3 leaves layers kept in Python lists out of TensorFlow's
+    object graph (keras-team/keras#18398), so the ResNet's block groups and
+    the projection head's layers are also saved by their variable paths."""
+    return tf.train.Checkpoint(model=model, model_variables={v.path: v for v in model.variables},
+                               **objects)
+
+
 def restore(cfg, model, optimizer, manager):
     """Resume from model_dir, else initialise from --checkpoint (weights only)."""
     checkpoint = manager.checkpoint
@@ -464,7 +475,7 @@ def restore(cfg, model, optimizer, manager):
         return
     if cfg.checkpoint:
         path = resolve_checkpoint_path(cfg.checkpoint)
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        make_checkpoint(model).restore(path).expect_partial()
         print(f"initialised weights from {path}", flush=True)
         if cfg.zero_init_logits_layer and model.supervised_head is not None:
             for variable in model.supervised_head.trainable_variables:
@@ -557,7 +568,7 @@ def train(cfg, strategy, model, optimizer, schedule, train_steps, source, loss_p
         image_size=cfg.image_size, train_mode=cfg.train_mode,
         color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
         cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
-        num_views=num_input_views(cfg))
+        num_views=num_input_views(cfg), flip=cfg.use_flip)
     iterator = iter(data_lib.build_distributed_dataset(input_fn, strategy))
     step_fn = TrainStep(model, optimizer, cfg, loss_params, strategy.num_replicas_in_sync)
 
@@ -618,6 +629,18 @@ def evaluate_and_write(cfg, strategy, model, source, optimizer, chief):
     return result
 
 
+def recorded_train_steps(cfg, num_train, default):
+    """Training length of the run in model_dir according to its flags.json."""
+    path = os.path.join(cfg.model_dir, "flags.json")
+    if not tf.io.gfile.exists(path):
+        return default
+    with tf.io.gfile.GFile(path) as f:
+        recorded = json.load(f)
+    return model_lib.get_train_steps(num_train, recorded.get("train_steps", 0),
+                                     recorded.get("train_epochs", cfg.train_epochs),
+                                     recorded.get("train_batch_size", cfg.train_batch_size))
+
+
 def default_model_dir(cfg):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{cfg.dataset}_{cfg.train_mode}_{cfg.loss}_{stamp}")
@@ -657,11 +680,13 @@ def main(argv):
     num_train = source.num_examples(cfg.train_split)
     model, optimizer, schedule, train_steps = build_all(cfg, strategy, num_classes, num_train)
 
-    checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations, optimizer=optimizer)
+    checkpoint = make_checkpoint(model, global_step=optimizer.iterations, optimizer=optimizer)
     ckpt_dir = cfg.model_dir if chief else os.path.join(cfg.model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
     restore(cfg, model, optimizer, manager)
 
+    if cfg.mode == "eval":
+        train_steps = recorded_train_steps(cfg, num_train, train_steps)
     tf.io.gfile.makedirs(cfg.model_dir)
     flag_values = {k: v for k, v in FLAGS.flag_values_dict().items() if _json_ok(v)}
     if chief:
@@ -676,7 +701,8 @@ def main(argv):
     if cfg.mode == "train_then_eval":
         evaluate_and_write(cfg, strategy, model, source, optimizer, chief)
     elif cfg.mode == "eval":
-        # Like the original: evaluate each new checkpoint until the last step.
+        # Like the original: evaluate each new checkpoint until the last step
+        # of the training run, whose length flags.json recorded.
         for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=15):
             checkpoint.restore(path).expect_partial()
             result = evaluate_and_write(cfg, strategy, model, source, optimizer, chief)
