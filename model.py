@@ -113,13 +113,29 @@ class ProjectionHead(keras.layers.Layer):
 
 
 class SupervisedHead(keras.layers.Layer):
-    """Linear classifier logits = W x + b, named `head_supervised`."""
+    """Linear classifier logits = W x + b, named `head_supervised`.
 
-    def __init__(self, num_classes, name="head_supervised", **kwargs):
+    With `input_bn`, x is first standardised per feature by batch norm
+    without scale or offset, x̂ = (x − μ) / √(σ² + ε) (batch statistics in
+    training, moving averages in inference), so the classifier sees
+    unit-scale inputs however the encoder's feature scale drifts; the map
+    stays linear in x. This is the linear probe of He et al. (MAE, 2022).
+    """
+
+    def __init__(self, num_classes, input_bn=False, batch_norm_decay=0.9, global_bn=False,
+                 name="head_supervised", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.input_bn = None
+        if input_bn:
+            self.input_bn = keras.layers.BatchNormalization(
+                momentum=batch_norm_decay, epsilon=1e-5, center=False, scale=False,
+                synchronized=global_bn and keras.backend.backend() == "tensorflow",
+                name="batch_normalization")
         self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False, name="linear")
 
     def call(self, inputs, training=None):
+        if self.input_bn is not None:
+            inputs = self.input_bn(inputs, training=training)
         return self.linear(inputs, training=training)
 
 
@@ -135,7 +151,8 @@ class Model(keras.Model):
                  resnet_depth=50, width_multiplier=1.0, sk_ratio=0.0, se_ratio=0.0,
                  batch_norm_decay=0.9, global_bn=True, fine_tune_after_block=-1,
                  proj_head_mode="nonlinear", proj_out_dim=128, num_proj_layers=3,
-                 ft_proj_selector=0, lineareval_while_pretraining=True, name="model", **kwargs):
+                 ft_proj_selector=0, lineareval_while_pretraining=True, probe_batch_norm=False,
+                 name="model", **kwargs):
         super().__init__(name=name, **kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
@@ -154,7 +171,9 @@ class Model(keras.Model):
             batch_norm_decay=batch_norm_decay, global_bn=global_bn, name="projection_head")
         self.supervised_head = None
         if train_mode == "finetune" or lineareval_while_pretraining:
-            self.supervised_head = SupervisedHead(num_classes)
+            self.supervised_head = SupervisedHead(
+                num_classes, input_bn=probe_batch_norm, batch_norm_decay=batch_norm_decay,
+                global_bn=global_bn)
 
     def call(self, inputs, training=None):
         num_views = inputs.shape[-1] // 3

@@ -6,7 +6,7 @@ with the loss family of "Intriguing Properties of Contrastive Losses" wired in
 default dataset so that a bare `python run.py` trains, evaluates and writes
 `result.json` on a laptop CPU.
 
-    python run.py                                     # digits, ~3 min on 2 CPU cores
+    python run.py                                     # digits, ~4 min on 2 CPU cores
     python run.py --loss=swd --prior=uniform_hypercube
     python run.py --dataset=cifar10 --data_dir=DIR --eval_split=test --image_size=32 ...
 
@@ -40,6 +40,11 @@ def _quiet_native_stderr():
         os.close(saved)
         os.close(devnull)
 
+
+# TensorFlow's x86 wheels turn their oneDNN kernels on only for CPUs with
+# AVX512-VNNI or newer; on AVX2-only CPUs (AMD EPYC, most laptops) they are
+# off, and a training step of the default job took 2.5x longer (bench/README.md).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 with _quiet_native_stderr():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -141,6 +146,13 @@ flags.DEFINE_integer("hard_num_negatives", None, "hard: negatives kept per ancho
 flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
 flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
 flags.DEFINE_float("crop_min_area", 0.08, "Smallest area fraction of the random resized crop.")
+flags.DEFINE_float("probe_learning_rate", 0.0,
+                   "Learning rate per batch size of 256 of the online linear probe (pretrain with "
+                   "--lineareval_while_pretraining), on the same warm-up and cosine schedule as --learning_rate; "
+                   "0 trains the probe with the main optimizer, as the original does.")
+flags.DEFINE_bool("probe_batch_norm", False,
+                  "Standardise the supervised head's input with batch norm without scale or offset "
+                  "(the MAE linear probe); the original feeds the features as they are.")
 flags.DEFINE_bool("use_flip", True, "Random horizontal flips in training (the original always flips).")
 flags.DEFINE_bool("compute_baselines", False,
                   "After eval, also fit logistic regression on raw pixels and on an untrained encoder's features "
@@ -173,11 +185,11 @@ SHARED_LOSS_FLAGS = ("temperature",)
 PRESETS = {
     "digits": dict(
         mode="train_then_eval", image_size=16, resnet_depth=18, width_multiplier=0.25,
-        train_batch_size=256, train_epochs=100, warmup_epochs=5, optimizer="adam",
+        train_batch_size=256, train_epochs=60, warmup_epochs=5, optimizer="adam",
         learning_rate=3e-3, weight_decay=1e-6, temperature=0.2, proj_out_dim=64,
         num_proj_layers=2, eval_split="test", eval_batch_size=500, checkpoint_epochs=10,
         use_blur=False, use_flip=False, color_jitter_strength=0.3, crop_min_area=0.5,
-        compute_baselines=True),
+        probe_batch_norm=True, probe_learning_rate=0.1, compute_baselines=True),
 }
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
@@ -202,7 +214,7 @@ def _register_validators():
         positive(name)
     for name in ("learning_rate", "warmup_epochs", "weight_decay", "train_epochs", "train_steps",
                  "eval_steps", "checkpoint_epochs", "checkpoint_steps", "sk_ratio", "se_ratio",
-                 "color_jitter_strength", "lambda_weight", "gen_loss_scale", "kcl_gamma"):
+                 "color_jitter_strength", "lambda_weight", "gen_loss_scale", "kcl_gamma", "probe_learning_rate"):
         non_negative(name)
     flags.register_validator("resnet_depth", lambda v: v in RESNET_DEPTHS,
                              f"--resnet_depth must be one of {', '.join(map(str, RESNET_DEPTHS))}")
@@ -272,6 +284,10 @@ def check_flags(cfg, present):
         raise UsageError("--train_epochs or --train_steps must be > 0 to train")
     if cfg.checkpoint_steps == 0 and cfg.checkpoint_epochs == 0:
         raise UsageError("--checkpoint_epochs or --checkpoint_steps must be > 0")
+    if "probe_learning_rate" in present and cfg.probe_learning_rate and (
+            cfg.train_mode != "pretrain" or not cfg.lineareval_while_pretraining):
+        raise UsageError("--probe_learning_rate applies to the online probe: --train_mode=pretrain "
+                         "with --lineareval_while_pretraining")
     if cfg.train_mode == "finetune" and cfg.loss != "ntxent" and "loss" in present:
         raise UsageError("--loss applies to --train_mode=pretrain only")
     return resolve_loss_params(cfg, present)
@@ -338,9 +354,10 @@ class TrainStep:
     loss (the contrastive loss reaches other replicas' rows through the gather).
     """
 
-    def __init__(self, model, optimizer, cfg, loss_params, num_replicas):
+    def __init__(self, model, optimizer, cfg, loss_params, num_replicas, probe_optimizer=None):
         self.model = model
         self.optimizer = optimizer
+        self.probe_optimizer = probe_optimizer
         self.cfg = cfg
         self.loss_params = loss_params
         self.num_replicas = num_replicas
@@ -400,6 +417,10 @@ class TrainStep:
     def __call__(self, features, labels):
         grads, logs = self.gradients(features, labels)
         pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
+        if self.probe_optimizer is not None:
+            probe = {id(v) for v in self.model.supervised_head.trainable_variables}
+            self.probe_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in probe])
+            pairs = [(g, v) for g, v in pairs if id(v) not in probe]
         self.optimizer.apply_gradients(pairs)
         return logs
 
@@ -415,7 +436,8 @@ def build_model(cfg, num_classes):
         global_bn=cfg.global_bn, fine_tune_after_block=cfg.fine_tune_after_block,
         proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
         num_proj_layers=cfg.num_proj_layers, ft_proj_selector=cfg.ft_proj_selector,
-        lineareval_while_pretraining=cfg.lineareval_while_pretraining)
+        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
+        probe_batch_norm=cfg.probe_batch_norm)
 
 
 def num_input_views(cfg):
@@ -423,7 +445,9 @@ def num_input_views(cfg):
 
 
 def build_all(cfg, strategy, num_classes, num_train_examples):
-    """Model, schedule and optimizer, created (variables included) under the strategy."""
+    """Model, optimizer, schedule, train steps and the online probe's own
+    optimizer (None unless --probe_learning_rate), created (variables
+    included) under the strategy."""
     train_steps = model_lib.get_train_steps(num_train_examples, cfg.train_steps,
                                             cfg.train_epochs, cfg.train_batch_size)
     with strategy.scope():
@@ -435,8 +459,22 @@ def build_all(cfg, strategy, num_classes, num_train_examples):
         # Build every variable now so that a checkpoint restores at once and
         # exactly, optimizer slots included.
         model(tf.zeros([2, cfg.image_size, cfg.image_size, 3 * num_input_views(cfg)]), training=False)
-        optimizer.build(model.trainable_variables)
-    return model, optimizer, schedule, train_steps
+        probe_optimizer = None
+        if cfg.probe_learning_rate and model.supervised_head is not None and cfg.train_mode == "pretrain":
+            # The probe reads stop-gradient features whose scale drifts while
+            # the encoder trains; at the encoder's learning rate it lags far
+            # behind a converged linear classifier on small runs.
+            probe_schedule = model_lib.WarmUpAndCosineDecay(
+                cfg.probe_learning_rate, num_train_examples, cfg.train_batch_size, cfg.warmup_epochs,
+                train_steps, cfg.learning_rate_scaling)
+            probe_optimizer = model_lib.build_optimizer(cfg.optimizer, probe_schedule, cfg.momentum,
+                                                        cfg.weight_decay)
+            probe_variables = {id(v) for v in model.supervised_head.trainable_variables}
+            probe_optimizer.build(model.supervised_head.trainable_variables)
+            optimizer.build([v for v in model.trainable_variables if id(v) not in probe_variables])
+        else:
+            optimizer.build(model.trainable_variables)
+    return model, optimizer, schedule, train_steps, probe_optimizer
 
 
 def resolve_checkpoint_path(path):
@@ -460,6 +498,15 @@ def make_checkpoint(model, **objects):
     the projection head's layers are also saved by their variable paths."""
     return tf.train.Checkpoint(model=model, model_variables={v.path: v for v in model.variables},
                                **objects)
+
+
+def training_checkpoint(model, optimizer, probe_optimizer=None):
+    """What a run saves and resumes from: the model, the step, the
+    optimizer's state and, with --probe_learning_rate, the probe's."""
+    objects = dict(global_step=optimizer.iterations, optimizer=optimizer)
+    if probe_optimizer is not None:
+        objects["probe_optimizer"] = probe_optimizer
+    return make_checkpoint(model, **objects)
 
 
 def restore(cfg, model, optimizer, manager):
@@ -559,7 +606,7 @@ def write_json(path, obj):
 # Training loop.
 # ---------------------------------------------------------------------------
 def train(cfg, strategy, model, optimizer, schedule, train_steps, source, loss_params,
-          manager, summary_writer, chief):
+          manager, summary_writer, chief, probe_optimizer=None):
     num_examples = source.num_examples(cfg.train_split)
     steps_per_epoch = max(int(round(num_examples / cfg.train_batch_size)), 1)
     steps_per_loop = cfg.checkpoint_steps or cfg.checkpoint_epochs * steps_per_epoch
@@ -570,7 +617,8 @@ def train(cfg, strategy, model, optimizer, schedule, train_steps, source, loss_p
         cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
         num_views=num_input_views(cfg), flip=cfg.use_flip)
     iterator = iter(data_lib.build_distributed_dataset(input_fn, strategy))
-    step_fn = TrainStep(model, optimizer, cfg, loss_params, strategy.num_replicas_in_sync)
+    step_fn = TrainStep(model, optimizer, cfg, loss_params, strategy.num_replicas_in_sync,
+                        probe_optimizer=probe_optimizer)
 
     metric_names = ["total_loss", "weight_decay"]
     if cfg.train_mode == "pretrain":
@@ -678,9 +726,9 @@ def main(argv):
     keras.utils.set_random_seed(cfg.seed)
     num_classes = source.num_classes
     num_train = source.num_examples(cfg.train_split)
-    model, optimizer, schedule, train_steps = build_all(cfg, strategy, num_classes, num_train)
+    model, optimizer, schedule, train_steps, probe_optimizer = build_all(cfg, strategy, num_classes, num_train)
 
-    checkpoint = make_checkpoint(model, global_step=optimizer.iterations, optimizer=optimizer)
+    checkpoint = training_checkpoint(model, optimizer, probe_optimizer)
     ckpt_dir = cfg.model_dir if chief else os.path.join(cfg.model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoint_max)
     restore(cfg, model, optimizer, manager)
@@ -696,7 +744,7 @@ def main(argv):
     if cfg.mode in ("train", "train_then_eval"):
         start = time.time()
         train(cfg, strategy, model, optimizer, schedule, train_steps, source, loss_params,
-              manager, summary_writer, chief)
+              manager, summary_writer, chief, probe_optimizer)
         print(f"training took {time.time() - start:.1f} s", flush=True)
     if cfg.mode == "train_then_eval":
         evaluate_and_write(cfg, strategy, model, source, optimizer, chief)

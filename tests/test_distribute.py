@@ -29,14 +29,16 @@ IMAGE_SIZE = 8
 
 def tiny_config(loss="ntxent", **overrides):
     """A small but complete configuration: ResNet-18 at 1/8 width, LARS with
-    weight decay, the online probe, synchronized batch norm."""
+    weight decay, the online probe on batch-normalised features, synchronized
+    batch norm."""
     cfg = dict(
         loss=loss, image_size=IMAGE_SIZE, train_mode="pretrain", resnet_depth=18,
         width_multiplier=0.125, sk_ratio=0.0, se_ratio=0.0, batch_norm_decay=0.9, global_bn=True,
         fine_tune_after_block=-1, proj_head_mode="nonlinear", proj_out_dim=16, num_proj_layers=2,
         ft_proj_selector=0, lineareval_while_pretraining=True, optimizer="lars", momentum=0.9,
         weight_decay=1e-4, learning_rate=0.3, learning_rate_scaling="linear", warmup_epochs=0,
-        train_batch_size=GLOBAL_BATCH, train_steps=3, train_epochs=1, temperature=0.2, seed=0)
+        train_batch_size=GLOBAL_BATCH, train_steps=3, train_epochs=1, temperature=0.2, seed=0,
+        probe_batch_norm=True, probe_learning_rate=0.0)
     cfg.update(overrides)
     return types.SimpleNamespace(**cfg)
 
@@ -50,7 +52,7 @@ def global_batch(seed=0):
 
 def build(cfg, strategy, weights=None):
     keras.utils.set_random_seed(cfg.seed)
-    model, optimizer, _, _ = run.build_all(cfg, strategy, num_classes=10, num_train_examples=64)
+    model, optimizer, _, _, _ = run.build_all(cfg, strategy, num_classes=10, num_train_examples=64)
     if weights is not None:
         model.set_weights(weights)
     return model, optimizer

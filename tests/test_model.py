@@ -256,6 +256,32 @@ def test_pretrain_probe_does_not_backpropagate_into_encoder():
     assert any(g is not None and np.any(np.asarray(g)) for g in proj_grads)
 
 
+def test_supervised_head_input_bn_standardises_then_is_linear():
+    """Training: logits = W·(x − μ)/√(σ² + ε) + b with the batch's μ, σ²;
+    inference: the same with the moving averages, whose mean after one call
+    with momentum m is (1 − m)·μ (it starts at 0)."""
+    rng = np.random.RandomState(0)
+    x = (rng.randn(16, 5) * [1, 10, 0.1, 3, 100] + [0, 5, -2, 1, 50]).astype(np.float32)
+    head = model_lib.SupervisedHead(3, input_bn=True, batch_norm_decay=0.5)
+    logits = np.asarray(head(x, training=True), np.float64)
+    kernel, bias = [np.asarray(v, np.float64) for v in head.linear.dense.weights]
+    x64 = x.astype(np.float64)
+    standard = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + BN_EPSILON)
+    np.testing.assert_allclose(logits, standard @ kernel + bias, rtol=1e-4, atol=1e-4)
+    assert not head.trainable_variables[2:]  # only W and b train: no scale, no offset
+    mean, var = [np.asarray(v, np.float64) for v in head.input_bn.non_trainable_weights]
+    inference = np.asarray(head(x, training=False), np.float64)
+    np.testing.assert_allclose(inference, (x64 - mean) / np.sqrt(var + BN_EPSILON) @ kernel + bias,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mean, 0.5 * x64.mean(0), rtol=1e-5)
+
+
+def test_model_passes_probe_batch_norm_to_its_supervised_head():
+    model = tiny_model(probe_batch_norm=True)
+    assert model.supervised_head.input_bn is not None
+    assert tiny_model().supervised_head.input_bn is None
+
+
 def test_finetune_has_no_projection_output_and_trains_encoder():
     model = tiny_model(train_mode="finetune")
     x, labels = images(views=1), np.array([0, 1, 2])

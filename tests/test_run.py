@@ -107,10 +107,9 @@ def rebuild(model_dir, **flags):
     cfg = run.FLAGS
     source = datasets.get_dataset(cfg.dataset, cfg.data_dir)
     strategy = run.get_strategy(cfg)
-    model, optimizer, _, _ = run.build_all(cfg, strategy, source.num_classes,
-                                           source.num_examples(cfg.train_split))
-    checkpoint = run.make_checkpoint(model, global_step=optimizer.iterations,
-                                     optimizer=optimizer)
+    model, optimizer, _, _, probe_optimizer = run.build_all(
+        cfg, strategy, source.num_classes, source.num_examples(cfg.train_split))
+    checkpoint = run.training_checkpoint(model, optimizer, probe_optimizer)
     manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir,
                                          max_to_keep=cfg.keep_checkpoint_max)
     return cfg, model, optimizer, checkpoint, manager
@@ -175,6 +174,8 @@ BAD_FLAGS = {
     "unknown_split": (["--eval_split=nope"], ["eval_split", "nope", "train", "test"]),
     "freeze_in_pretrain": (["--fine_tune_after_block=2"], ["fine_tune_after_block", "-1", "finetune"]),
     "eval_without_checkpoint": (["--mode=eval", "--model_dir={empty}"], ["eval", "checkpoint", "model_dir"]),
+    "probe_lr_in_finetune": (["--probe_learning_rate=0.1", "--train_mode=finetune"],
+                             ["probe_learning_rate", "pretrain", "lineareval_while_pretraining"]),
 }
 
 
@@ -306,7 +307,8 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
 
     cfg, model, optimizer, checkpoint, manager = rebuild(model_dir, **PRETRAIN)
     run.restore(cfg, model, optimizer, manager)
-    variables = model.variables + [v for v in optimizer.variables
+    optimizers = [o for o in (optimizer, getattr(checkpoint, "probe_optimizer", None)) if o is not None]
+    variables = model.variables + [v for o in optimizers for v in o.variables
                                    if all(v is not w for w in model.variables)]
     saved = saved_values(prefix, checkpoint, variables)
     missing = [v.path for v in variables if v.path not in saved]
@@ -326,6 +328,35 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 4
     # Steps 1-2 were logged by the first run only: the second one went on from 3.
     assert_training_metrics_finite(model_dir, [1, 2, 3, 4])
+
+
+def test_probe_learning_rate_moves_the_probe_at_its_own_rate(tmp_path):
+    """One plain SGD step (momentum 0, no warm-up, no weight decay) from the
+    same weights: the probe's variables move by −η_probe·g, every other
+    trainable variable by −η·g, with η = base·B/256 for both rates."""
+    batch = TINY["train_batch_size"]
+    cfg, model, optimizer, checkpoint, _ = rebuild(
+        tmp_path, optimizer="momentum", momentum=0.0, warmup_epochs=0, weight_decay=0.0,
+        learning_rate=0.1, probe_learning_rate=3.0)
+    probe_optimizer = checkpoint.probe_optimizer
+    source = datasets.get_dataset("digits")
+    images, labels = source.as_numpy("train")
+    images = np.repeat(images, 3 // images.shape[-1], axis=-1)  # grey digits as RGB
+    features = np.concatenate([images[:batch], images[batch:2 * batch]], axis=-1)
+    features = tf.image.resize(tf.cast(features, tf.float32) / 255.0, [cfg.image_size] * 2)
+    labels = tf.constant(labels[:batch], tf.int32)
+    step = run.TrainStep(model, optimizer, cfg, {}, 1, probe_optimizer=probe_optimizer)
+
+    grads, _ = step.gradients(features, labels)
+    before = [v.numpy() for v in model.trainable_variables]
+    step(features, labels)
+    probe = {id(v) for v in model.supervised_head.trainable_variables}
+    assert len(probe) == 2
+    for variable, g, old in zip(model.trainable_variables, grads, before):
+        rate = (3.0 if id(variable) in probe else 0.1) * batch / 256
+        np.testing.assert_allclose(variable.numpy(), old - rate * g.numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=variable.path)
+    assert int(optimizer.iterations.numpy()) == int(probe_optimizer.iterations.numpy()) == 1
 
 
 def test_finetune_head_only_keeps_the_pretrained_encoder(pretrained, tmp_path):
