@@ -43,7 +43,7 @@ def _quiet_native_stderr():
 
 # TensorFlow's x86 wheels turn their oneDNN kernels on only for CPUs with
 # AVX512-VNNI or newer; on AVX2-only CPUs (AMD EPYC, most laptops) they are
-# off, and a training step of the default job took 2.5x longer (bench/README.md).
+# off, and a training step of the default job took 3.7x longer (bench/README.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 with _quiet_native_stderr():
