@@ -50,10 +50,8 @@ class LinearLayer(keras.layers.Layer):
             num_classes, kernel_initializer=dense_initializer(),
             use_bias=use_bias and not use_bn, name="dense")
         if use_bn:
-            self.bn = keras.layers.BatchNormalization(
-                momentum=batch_norm_decay, epsilon=1e-5, center=use_bias,
-                synchronized=global_bn and keras.backend.backend() == "tensorflow",
-                name="batch_normalization")
+            self.bn = resnet.batch_norm("batch_normalization", batch_norm_decay,
+                                        resnet.synchronized_bn(global_bn), center=use_bias)
 
     def call(self, inputs, training=None):
         x = self.dense(inputs)
@@ -127,10 +125,9 @@ class SupervisedHead(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.input_bn = None
         if input_bn:
-            self.input_bn = keras.layers.BatchNormalization(
-                momentum=batch_norm_decay, epsilon=1e-5, center=False, scale=False,
-                synchronized=global_bn and keras.backend.backend() == "tensorflow",
-                name="batch_normalization")
+            self.input_bn = resnet.batch_norm("batch_normalization", batch_norm_decay,
+                                              resnet.synchronized_bn(global_bn),
+                                              center=False, scale=False)
         self.linear = LinearLayer(num_classes, use_bias=True, use_bn=False, name="linear")
 
     def call(self, inputs, training=None):

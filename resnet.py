@@ -81,15 +81,25 @@ def channels_shape(channels):
     return (None, None, None, channels)
 
 
-def batch_norm(name, batch_norm_decay, synchronized, zero_init=False):
+def synchronized_bn(global_bn):
+    """Whether batch norm can synchronise across replicas: Keras implements
+    synchronized batch norm on TensorFlow only."""
+    return bool(global_bn) and keras.backend.backend() == "tensorflow"
+
+
+def batch_norm(name, batch_norm_decay, synchronized, zero_init=False,
+               center=True, scale=True):
     """BatchNormalization as in the original: eps 1e-5, momentum = decay.
 
     `zero_init=True` starts gamma at 0; it is used for the last batch norm of
     a residual branch, so that the branch initially contributes nothing.
+    `center`/`scale` switch the offset β and the scale γ on or off.
     """
     return keras.layers.BatchNormalization(
         momentum=batch_norm_decay,
         epsilon=BATCH_NORM_EPSILON,
+        center=center,
+        scale=scale,
         gamma_initializer="zeros" if zero_init else "ones",
         synchronized=synchronized,
         name=name,
@@ -618,17 +628,14 @@ class ResNet(keras.Model):
         self.global_bn = global_bn
         self.fine_tune_after_block = fine_tune_after_block
 
-        # Keras implements synchronized batch norm on TensorFlow only.
-        synchronized_bn = (
-            bool(global_bn) and keras.backend.backend() == "tensorflow"
-        )
+        synchronized = synchronized_bn(global_bn)
         bottleneck, num_blocks = ARCHITECTURES[resnet_depth]
         block_class = BottleneckBlock if bottleneck else ResidualBlock
         block_args = dict(
             sk_ratio=sk_ratio,
             se_ratio=se_ratio,
             batch_norm_decay=batch_norm_decay,
-            synchronized_bn=synchronized_bn,
+            synchronized_bn=synchronized,
         )
 
         self.stem = Stem(
@@ -636,7 +643,7 @@ class ResNet(keras.Model):
             cifar_stem=cifar_stem,
             deep=sk_ratio > 0,
             batch_norm_decay=batch_norm_decay,
-            synchronized_bn=synchronized_bn,
+            synchronized_bn=synchronized,
             name="stem",
         )
         self.block_groups = []

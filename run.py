@@ -345,6 +345,14 @@ def cross_replica_gather(x):
     return gathered, context.replica_id_in_sync_group
 
 
+def split_probe(model, items, variable=lambda item: item):
+    """(items whose variable is one of the online probe's, the other items),
+    order kept; `variable(item)` is the variable an item stands for."""
+    probe = {id(v) for v in model.supervised_head.trainable_variables}
+    return ([item for item in items if id(variable(item)) in probe],
+            [item for item in items if id(variable(item)) not in probe])
+
+
 class TrainStep:
     """The per-replica training step: losses, gradients, update.
 
@@ -418,9 +426,8 @@ class TrainStep:
         grads, logs = self.gradients(features, labels)
         pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
         if self.probe_optimizer is not None:
-            probe = {id(v) for v in self.model.supervised_head.trainable_variables}
-            self.probe_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in probe])
-            pairs = [(g, v) for g, v in pairs if id(v) not in probe]
+            probe_pairs, pairs = split_probe(self.model, pairs, variable=lambda pair: pair[1])
+            self.probe_optimizer.apply_gradients(probe_pairs)
         self.optimizer.apply_gradients(pairs)
         return logs
 
@@ -450,12 +457,16 @@ def build_all(cfg, strategy, num_classes, num_train_examples):
     included) under the strategy."""
     train_steps = model_lib.get_train_steps(num_train_examples, cfg.train_steps,
                                             cfg.train_epochs, cfg.train_batch_size)
+
+    def optimizer_at(base_learning_rate):
+        schedule = model_lib.WarmUpAndCosineDecay(
+            base_learning_rate, num_train_examples, cfg.train_batch_size, cfg.warmup_epochs,
+            train_steps, cfg.learning_rate_scaling)
+        return model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay), schedule
+
     with strategy.scope():
         model = build_model(cfg, num_classes)
-        schedule = model_lib.WarmUpAndCosineDecay(
-            cfg.learning_rate, num_train_examples, cfg.train_batch_size, cfg.warmup_epochs,
-            train_steps, cfg.learning_rate_scaling)
-        optimizer = model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay)
+        optimizer, schedule = optimizer_at(cfg.learning_rate)
         # Build every variable now so that a checkpoint restores at once and
         # exactly, optimizer slots included.
         model(tf.zeros([2, cfg.image_size, cfg.image_size, 3 * num_input_views(cfg)]), training=False)
@@ -464,14 +475,10 @@ def build_all(cfg, strategy, num_classes, num_train_examples):
             # The probe reads stop-gradient features whose scale drifts while
             # the encoder trains; at the encoder's learning rate it lags far
             # behind a converged linear classifier on small runs.
-            probe_schedule = model_lib.WarmUpAndCosineDecay(
-                cfg.probe_learning_rate, num_train_examples, cfg.train_batch_size, cfg.warmup_epochs,
-                train_steps, cfg.learning_rate_scaling)
-            probe_optimizer = model_lib.build_optimizer(cfg.optimizer, probe_schedule, cfg.momentum,
-                                                        cfg.weight_decay)
-            probe_variables = {id(v) for v in model.supervised_head.trainable_variables}
-            probe_optimizer.build(model.supervised_head.trainable_variables)
-            optimizer.build([v for v in model.trainable_variables if id(v) not in probe_variables])
+            probe_optimizer, _ = optimizer_at(cfg.probe_learning_rate)
+            probe_variables, other_variables = split_probe(model, model.trainable_variables)
+            probe_optimizer.build(probe_variables)
+            optimizer.build(other_variables)
         else:
             optimizer.build(model.trainable_variables)
     return model, optimizer, schedule, train_steps, probe_optimizer
