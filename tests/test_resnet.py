@@ -364,6 +364,23 @@ def test_projection_shortcut_matches_numpy(resnet_d, strides):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("sk_ratio, reads_pixel", [(0.0, False), (0.0625, True)])
+def test_fresh_resnet18_reads_every_pixel_only_with_resnet_d_shortcuts(sk_ratio, reads_pixel):
+    # Why the digits preset sets sk_ratio: while residual branches are zero, a
+    # 16x16 input reaches the 2x2 output only through the shortcuts. Plain
+    # stride-2 1x1 shortcuts subsample (16 -> 8 -> 4 -> 2 keeps stem rows and
+    # columns 0 and 8), so the 3x3 stem's output at (4, 4), and the input
+    # pixel there, is never read; ResNet-D's average pool reads every position.
+    model = built(18, input_shape=(None, 16, 16, 3), width_multiplier=0.125,
+                  cifar_stem=True, sk_ratio=sk_ratio)
+    x = np.random.default_rng(5).uniform(size=(1, 16, 16, 3)).astype("float32")
+    y = x.copy()
+    y[:, 4, 4] += 1.0
+    change = np.abs(keras.ops.convert_to_numpy(
+        model(y, training=False) - model(x, training=False))).max()
+    assert (change > 1e-4) == reads_pixel, change
+
+
 @pytest.mark.parametrize("depth, kwargs", [
     (18, dict(width_multiplier=0.125)),
     (50, dict(width_multiplier=0.0625, sk_ratio=0.0625, se_ratio=0.25)),
