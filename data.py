@@ -105,10 +105,14 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             buffer_multiplier = 50 if image_size <= 32 else 10
             dataset = dataset.shuffle(batch_size * buffer_multiplier)
             dataset = dataset.repeat(-1)
-        dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        # The augmentations branch with tf.cond / tf.switch_case themselves;
+        # AutoGraph would only spend seconds re-parsing them.
+        dataset = dataset.map(tf.autograph.experimental.do_not_convert(map_fn),
+                              num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.batch(batch_size, drop_remainder=is_training)
         if blur:
-            dataset = dataset.map(blur_fn, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.map(tf.autograph.experimental.do_not_convert(blur_fn),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn

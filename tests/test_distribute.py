@@ -2,7 +2,8 @@
 device with the same global batch.
 
 (a) MirroredStrategy over the two logical CPU devices of tests/conftest.py
-    against OneDeviceStrategy, global batch norm on, for every loss;
+    against OneDeviceStrategy: the whole model with NT-Xent and global batch
+    norm, and the trainer's contrastive step for every loss;
 (b) MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1 against
     one process, for a few optimizer steps.
 """
@@ -58,9 +59,9 @@ def build(cfg, strategy, weights=None):
     return model, optimizer
 
 
-def gradients_on(strategy, cfg, weights, features, labels):
-    """(global loss logs, summed gradients) of one TrainStep on `strategy`."""
-    model, optimizer = build(cfg, strategy, weights)
+def gradients_on(strategy, cfg, model, optimizer, features, labels):
+    """(global loss logs, summed gradients) of one TrainStep of `model`,
+    built under `strategy`."""
     step = run.TrainStep(model, optimizer, cfg, run_loss_params(cfg), strategy.num_replicas_in_sync)
     replicas = strategy.num_replicas_in_sync
     local = GLOBAL_BATCH // replicas
@@ -92,17 +93,30 @@ def strategies(mirrored_strategy):
     return tf.distribute.OneDeviceStrategy(cpu0), mirrored_strategy
 
 
-@pytest.mark.parametrize("loss", objective.LOSSES)
-def test_mirrored_matches_single_device(strategies, loss):
-    single, mirrored = strategies
-    cfg = tiny_config(loss)
+def moving_statistics(model):
+    return {v.path: np.asarray(v) for v in model.non_trainable_variables
+            if "moving_mean" in v.path or "moving_variance" in v.path}
+
+
+@pytest.fixture(scope="module")
+def ntxent_on_both(strategies):
+    """{strategy: (logs, gradients, moving BN statistics)} of one NT-Xent
+    TrainStep forward/backward pass on the same weights and global batch."""
+    cfg = tiny_config("ntxent")
     features, labels = global_batch()
-    reference_model, _ = build(cfg, single)
-    weights = reference_model.get_weights()
+    weights = build(cfg, strategies[0])[0].get_weights()
+    results = []
+    for strategy in strategies:
+        model, optimizer = build(cfg, strategy, weights)
+        logs, grads = gradients_on(strategy, cfg, model, optimizer, features, labels)
+        results.append((logs, grads, moving_statistics(model)))
+    return results
 
-    logs_1, grads_1 = gradients_on(single, cfg, weights, features, labels)
-    logs_2, grads_2 = gradients_on(mirrored, cfg, weights, features, labels)
 
+def test_mirrored_matches_single_device(ntxent_on_both):
+    """The whole model (ResNet, projection head, online probe, weight decay)
+    under NT-Xent with global batch norm: same losses and gradients."""
+    (logs_1, grads_1, _), (logs_2, grads_2, _) = ntxent_on_both
     for key in ("contrast_loss", "supervised_loss", "total_loss"):
         np.testing.assert_allclose(logs_2[key], logs_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert grads_1.keys() == grads_2.keys()
@@ -124,25 +138,66 @@ def test_mirrored_matches_single_device(strategies, loss):
     assert nonzero > len(grads_1) // 2
 
 
-def test_batch_norm_statistics_are_global(strategies):
-    """With global_bn the moving means after one step equal the single-device
-    ones, although each replica sees only half of the batch."""
+def test_batch_norm_statistics_are_global(ntxent_on_both):
+    """With global_bn the moving statistics after one training-mode pass
+    equal the single-device ones, although each replica sees only half of
+    the batch (local variances would differ, and so would every later
+    layer's input)."""
+    (_, _, stats_1), (_, _, stats_2) = ntxent_on_both
+    assert stats_1.keys() == stats_2.keys() and stats_1
+    for name in stats_1:
+        np.testing.assert_allclose(stats_2[name], stats_1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+LOSS_CASES = [(loss, None) for loss in objective.LOSSES] + [
+    ("swd", "uniform_hypercube"), ("swd", "normal")]
+
+
+@pytest.mark.parametrize("loss,prior", LOSS_CASES,
+                         ids=[loss + (f"-{prior}" if prior else "") for loss, prior in LOSS_CASES])
+def test_every_loss_mirrored_matches_single_device(strategies, loss, prior):
+    """TrainStep.contrastive, the trainer's loss wiring (flags resolved as
+    run.py resolves them, negatives gathered across replicas, SWD noise shared
+    by the replicas), on projections z = tanh(x W): same loss and same
+    gradient of W on 2 replicas as on one device."""
+    overrides = {"prior": prior} if prior else {}
+    cfg = tiny_config(loss, **overrides)
+    rng = np.random.RandomState(3)
+    views = rng.normal(size=(GLOBAL_BATCH, 2, 12)).astype(np.float32)
+    w0 = rng.normal(scale=0.5, size=(12, 16)).astype(np.float32)
+
+    def loss_and_gradient(strategy):
+        replicas = strategy.num_replicas_in_sync
+        local = GLOBAL_BATCH // replicas
+        with strategy.scope():
+            w = tf.Variable(w0)
+        step = run.TrainStep(None, types.SimpleNamespace(iterations=tf.Variable(5, dtype=tf.int64)),
+                             cfg, run_loss_params(cfg), replicas)
+
+        def replica_fn():
+            i = tf.distribute.get_replica_context().replica_id_in_sync_group
+            x = tf.gather(tf.constant(views), tf.range(i * local, (i + 1) * local))
+            with tf.GradientTape() as tape:
+                z = tf.tanh(tf.concat([x[:, 0], x[:, 1]], axis=0) @ w)  # first views, then second
+                loss_value, _ = step.contrastive(z)
+                scaled = loss_value / replicas
+            return loss_value, tape.gradient(scaled, w)
+
+        @tf.function
+        def compute():
+            loss_value, grad = strategy.run(replica_fn)
+            return (strategy.reduce(tf.distribute.ReduceOp.MEAN, loss_value, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, grad, axis=None))
+
+        loss_value, grad = compute()
+        return float(loss_value), np.asarray(grad)
+
     single, mirrored = strategies
-    cfg = tiny_config()
-    features, labels = global_batch(1)
-    means = []
-    for strategy in (single, mirrored):
-        model, optimizer = build(cfg, strategy)
-        step = run.TrainStep(model, optimizer, cfg, run_loss_params(cfg), strategy.num_replicas_in_sync)
-        local = GLOBAL_BATCH // strategy.num_replicas_in_sync
-        dist = [strategy.experimental_distribute_values_from_function(
-            lambda ctx, a=a: a[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
-            for a in (features, labels)]
-        tf.function(lambda f, l: strategy.run(step, (f, l)))(*dist)
-        means.append({v.path: np.asarray(v) for v in model.non_trainable_variables if "moving_mean" in v.path})
-    assert means[0].keys() == means[1].keys() and means[0]
-    for name in means[0]:
-        np.testing.assert_allclose(means[1][name], means[0][name], rtol=1e-5, atol=1e-6, err_msg=name)
+    loss_1, grad_1 = loss_and_gradient(single)
+    loss_2, grad_2 = loss_and_gradient(mirrored)
+    assert np.isfinite(loss_1) and np.all(np.isfinite(grad_1)) and np.any(grad_1 != 0)
+    np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_2, grad_1, rtol=1e-4, atol=1e-5 * np.abs(grad_1).max())
 
 
 def free_port():
