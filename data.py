@@ -3,8 +3,9 @@
 Mirrors the original release's `build_input_fn` / `build_distributed_dataset`.
 In pretraining every example yields `num_views` independently augmented views
 concatenated along the channel axis, so a batch of two-view examples is
-[b, H, W, 6]: view k occupies channels 3k..3k+2. The model splits the channels
-back into views.
+[b, H, W, 6]: view k occupies channels 3k..3k+2. With `clean_view` the
+evaluation view of the same example follows them (for the online probe). The
+model splits the channels back into views.
 """
 
 import tensorflow as tf
@@ -24,7 +25,7 @@ def _view_count(is_training, train_mode, num_views):
 def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
-                   num_views=2, flip=True):
+                   num_views=2, flip=True, clean_view=False):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
@@ -50,12 +51,15 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         num_views: views per example in pretraining.
         flip: random horizontal flips in training (off for data whose
             mirror image is another class, such as digits).
+        clean_view: in pretraining, append the evaluation view of each
+            example (no augmentation, never blurred) after its `num_views`
+            augmented views.
 
     Returns:
         `input_fn(input_context=None)` -> `tf.data.Dataset` of
         (images float32 [b, image_size, image_size, 3 * views] in [0, 1],
-        labels int32 [b]), with views = num_views when pretraining and 1
-        otherwise, and b = the per-replica batch
+        labels int32 [b]), with views = num_views (+ 1 with `clean_view`)
+        when pretraining and 1 otherwise, and b = the per-replica batch
         `input_context.get_per_replica_batch_size(global_batch_size)`
         (`global_batch_size` when `input_context` is None).
 
@@ -64,13 +68,18 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     """
     source.num_examples(split)  # A missing split fails here, not mid-run.
     views = _view_count(is_training, train_mode, num_views)
-    blur = is_training and train_mode == "pretrain" and use_blur
+    pretraining = is_training and train_mode == "pretrain"
+    blur = pretraining and use_blur
+    clean_view = pretraining and clean_view
+
+    def eval_view(image):
+        return data_util.preprocess_image(
+            image, image_size, image_size, is_training=False,
+            test_crop=image_size > 32)
 
     def preprocess(image):
         if not is_training:
-            return data_util.preprocess_image(
-                image, image_size, image_size, is_training=False,
-                test_crop=image_size > 32)
+            return eval_view(image)
         return data_util.preprocess_image(
             image, image_size, image_size, is_training=True,
             color_distort=train_mode == "pretrain",
@@ -78,13 +87,15 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             area_range=area_range, flip=flip)
 
     def map_fn(image, label):
-        image = tf.concat([preprocess(image) for _ in range(views)], axis=-1)
-        return image, tf.cast(label, tf.int32)
+        parts = [preprocess(image) for _ in range(views)]
+        if clean_view:
+            parts.append(eval_view(image))
+        return tf.concat(parts, axis=-1), tf.cast(label, tf.int32)
 
     def blur_fn(images, labels):
-        view_batches = tf.split(images, views, axis=-1)
-        view_batches = data_util.batch_random_blur(
-            view_batches, image_size, image_size)
+        view_batches = tf.split(images, views + int(clean_view), axis=-1)
+        view_batches[:views] = data_util.batch_random_blur(
+            view_batches[:views], image_size, image_size)
         return tf.concat(view_batches, axis=-1), labels
 
     def input_fn(input_context=None):

@@ -25,6 +25,7 @@ LARS_EXCLUDE = ["batch_normalization", "bias", "head_supervised"]
 
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 TRAIN_MODES = ("pretrain", "finetune")
+PROBE_VIEWS = ("augmented", "clean")
 OPTIMIZERS = ("momentum", "adam", "lars")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
 
@@ -142,6 +143,14 @@ class Model(keras.Model):
     `train_mode="pretrain"` builds the projection head; the supervised head
     exists when `lineareval_while_pretraining` (it then reads stop_gradient of
     its input: the online linear probe) or in `train_mode="finetune"`.
+
+    Inputs are views stacked on the channel axis, [b, H, W, 3k]. The online
+    probe reads the features of those views (`probe_view="augmented"`, as in
+    the original), or, with `probe_view="clean"` and k > 1 in training, only
+    the last view, the evaluation view of the same images, encoded in
+    inference mode as at evaluation; the other k − 1 views feed the
+    projection head. The probe then trains on the distribution it is scored
+    on, instead of on augmented views of it.
     """
 
     def __init__(self, num_classes, *, image_size=224, train_mode="pretrain",
@@ -149,15 +158,18 @@ class Model(keras.Model):
                  batch_norm_decay=0.9, global_bn=True, fine_tune_after_block=-1,
                  proj_head_mode="nonlinear", proj_out_dim=128, num_proj_layers=3,
                  ft_proj_selector=0, lineareval_while_pretraining=True, probe_batch_norm=False,
-                 name="model", **kwargs):
+                 probe_view="augmented", name="model", **kwargs):
         super().__init__(name=name, **kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+        if probe_view not in PROBE_VIEWS:
+            raise ValueError(f"probe_view={probe_view!r}; allowed: {', '.join(PROBE_VIEWS)}")
         if train_mode == "pretrain" and fine_tune_after_block > -1:
             raise ValueError("fine_tune_after_block must be -1 when train_mode=pretrain "
                              "(freezing layers only applies to finetune)")
         self.train_mode = train_mode
         self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.probe_view = probe_view
         self.resnet_model = resnet.resnet(
             resnet_depth=resnet_depth, width_multiplier=width_multiplier,
             cifar_stem=image_size <= 32, sk_ratio=sk_ratio, se_ratio=se_ratio,
@@ -177,10 +189,17 @@ class Model(keras.Model):
         if num_views * 3 != inputs.shape[-1]:
             raise ValueError(f"input channels must be a multiple of 3, got {inputs.shape[-1]}")
         views = ops.split(inputs, num_views, axis=-1) if num_views > 1 else [inputs]
+        clean_probe = (self.probe_view == "clean" and self.train_mode == "pretrain"
+                       and self.supervised_head is not None and training and num_views > 1)
+        if clean_probe:
+            views, clean = views[:-1], views[-1]
         features = ops.concatenate(views, axis=0)
         hiddens = self.resnet_model(features, training=training)
         projection_head_outputs, supervised_head_inputs = self._projection_head(
             hiddens, training=training)
+        if clean_probe:
+            _, supervised_head_inputs = self._projection_head(
+                self.resnet_model(clean, training=False), training=False)
         supervised_head_outputs = None
         if self.train_mode == "finetune":
             supervised_head_outputs = self.supervised_head(supervised_head_inputs, training=training)
@@ -258,23 +277,28 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
     raise ValueError(f"optimizer={name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def weight_decay_loss(model, optimizer_name, weight_decay):
-    """Explicit L2 term wd·½Σw².
+def weight_decay_loss(model, optimizer_name, weight_decay, head_weight_decay=None):
+    """Explicit L2 term wd·½Σw² (+ wd_head·½Σw² over the supervised head).
 
     With LARS only the supervised head's kernel and bias (LARS decays the
     rest itself); otherwise every trainable variable outside batch norm,
-    biases included, as in the original.
+    biases included, as in the original. `head_weight_decay`, when not None,
+    replaces wd for the supervised head's variables (the online probe's own
+    regularisation).
     """
-    if not weight_decay:
-        return ops.zeros((), "float32")
+    if head_weight_decay is None:
+        head_weight_decay = weight_decay
+    head = {id(v) for v in model.supervised_head.trainable_variables} if model.supervised_head else set()
     if optimizer_name == "lars":
-        variables = [v for v in model.trainable_variables if "head_supervised" in v.path]
+        variables = [v for v in model.trainable_variables if id(v) in head]
     else:
         variables = [v for v in model.trainable_variables if "batch_normalization" not in v.path]
-    if not variables:
-        return ops.zeros((), "float32")
-    total = sum(ops.sum(ops.square(ops.cast(v, "float32"))) for v in variables)
-    return weight_decay * 0.5 * total
+    total = ops.zeros((), "float32")
+    for rate, group in ((weight_decay, [v for v in variables if id(v) not in head]),
+                        (head_weight_decay, [v for v in variables if id(v) in head])):
+        if rate and group:
+            total += rate * 0.5 * sum(ops.sum(ops.square(ops.cast(v, "float32"))) for v in group)
+    return total
 
 
 def get_train_steps(num_examples, train_steps, train_epochs, train_batch_size):

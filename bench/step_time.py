@@ -34,12 +34,7 @@ def measure(argv, steps, repeats):
     strategy = run.get_strategy(cfg)
     model, optimizer, _, _, probe_optimizer = run.build_all(
         cfg, strategy, source.num_classes, source.num_examples(cfg.train_split))
-    input_fn = data_lib.build_input_fn(
-        source, cfg.train_batch_size, is_training=True, split=cfg.train_split,
-        image_size=cfg.image_size, train_mode=cfg.train_mode,
-        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
-        area_range=(cfg.crop_min_area, 1.0), num_views=run.num_input_views(cfg), flip=cfg.use_flip)
-    iterator = iter(data_lib.build_distributed_dataset(input_fn, strategy))
+    iterator = iter(data_lib.build_distributed_dataset(run.train_input_fn(cfg, source), strategy))
     step = run.TrainStep(model, optimizer, cfg, loss_params, strategy.num_replicas_in_sync,
                          probe_optimizer=probe_optimizer)
 

@@ -355,6 +355,32 @@ def test_pretrain_with_more_views_stacks_them_on_channels(digits_source):
     assert images.min() >= 0.0 and images.max() <= 1.0
 
 
+def test_clean_view_is_the_eval_view_of_the_same_example_after_the_augmented_ones():
+    # Label = index, so each row names its source image; blur is on and must
+    # leave the clean view alone.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)
+    source = datasets.InMemorySource("distinct", 24, {"train": (images, np.arange(24))})
+    input_fn = data.build_input_fn(source, 16, True, split="train", image_size=16,
+                                   use_blur=True, color_jitter_strength=0.5,
+                                   clean_view=True)
+    batch, labels = _one_batch(input_fn)
+    assert batch.shape == (16, 16, 16, 9)
+    expected = np.clip(tf.image.resize(images[labels] / 255.0, [16, 16],
+                                       method="bicubic").numpy(), 0.0, 1.0)
+    np.testing.assert_allclose(batch[..., 6:], expected, atol=1e-5)
+    for view in (batch[..., :3], batch[..., 3:6]):
+        assert np.abs(view - expected).max(axis=(1, 2, 3)).min() > 1e-3
+
+
+def test_clean_view_only_in_pretraining(digits_source):
+    for is_training, train_mode in ((False, "pretrain"), (True, "finetune")):
+        input_fn = data.build_input_fn(digits_source, 8, is_training, split="train",
+                                       image_size=8, train_mode=train_mode,
+                                       clean_view=True)
+        assert _one_batch(input_fn)[0].shape == (8, 8, 8, 3)
+
+
 def _flat_colour_source():
     """Two classes of single-colour RGB images: each class one colour."""
     colours = np.array([[40, 120, 200], [200, 90, 10]], np.uint8)

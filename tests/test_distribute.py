@@ -30,8 +30,8 @@ IMAGE_SIZE = 8
 
 def tiny_config(loss="ntxent", **overrides):
     """A small but complete configuration: ResNet-18 at 1/8 width, LARS with
-    weight decay, the online probe on batch-normalised features, synchronized
-    batch norm."""
+    weight decay, the online probe on batch-normalised features of the clean
+    view with its own weight decay, synchronized batch norm."""
     cfg = dict(
         loss=loss, image_size=IMAGE_SIZE, train_mode="pretrain", resnet_depth=18,
         width_multiplier=0.125, sk_ratio=0.0, se_ratio=0.0, batch_norm_decay=0.9, global_bn=True,
@@ -39,14 +39,16 @@ def tiny_config(loss="ntxent", **overrides):
         ft_proj_selector=0, lineareval_while_pretraining=True, optimizer="lars", momentum=0.9,
         weight_decay=1e-4, learning_rate=0.3, learning_rate_scaling="linear", warmup_epochs=0,
         train_batch_size=GLOBAL_BATCH, train_steps=3, train_epochs=1, temperature=0.2, seed=0,
-        probe_batch_norm=True, probe_learning_rate=0.0)
+        probe_batch_norm=True, probe_learning_rate=0.0, probe_weight_decay=1e-3,
+        probe_view="clean")
     cfg.update(overrides)
     return types.SimpleNamespace(**cfg)
 
 
 def global_batch(seed=0):
     rng = np.random.RandomState(seed)
-    features = rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 6)).astype(np.float32)
+    # Two augmented views and the probe's clean view (probe_view="clean").
+    features = rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 9)).astype(np.float32)
     labels = rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
     return features, labels
 

@@ -139,6 +139,25 @@ def test_weight_decay_skips_frozen_encoder():
 
 
 @pytest.mark.parametrize("optimizer", ["lars", "momentum", "adam"])
+def test_head_weight_decay_replaces_the_rate_of_the_supervised_head(random_model, optimizer):
+    head = random_model.supervised_head.trainable_variables
+    bn_weights = {id(w) for layer in sublayers(random_model, keras.layers.BatchNormalization)
+                  for w in layer.weights}
+    others = [v for v in random_model.trainable_variables
+              if id(v) not in bn_weights and all(v is not h for h in head)]
+    expected = reference_decay(head, 5e-2)
+    if optimizer != "lars":  # LARS decays everything but the head inside its update
+        expected += reference_decay(others, 1e-3)
+    actual = float(model_lib.weight_decay_loss(random_model, optimizer, 1e-3, head_weight_decay=5e-2))
+    assert actual == pytest.approx(expected, rel=1e-5)
+    # A zero main rate still decays the head at its own rate, and vice versa.
+    assert float(model_lib.weight_decay_loss(random_model, optimizer, 0.0, head_weight_decay=5e-2)) == \
+        pytest.approx(reference_decay(head, 5e-2), rel=1e-5)
+    assert float(model_lib.weight_decay_loss(random_model, optimizer, 1e-3, head_weight_decay=0.0)) == \
+        pytest.approx(0.0 if optimizer == "lars" else reference_decay(others, 1e-3), rel=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "momentum", "adam"])
 def test_weight_decay_zero(random_model, optimizer):
     assert float(model_lib.weight_decay_loss(random_model, optimizer, 0.0)) == 0.0
 
@@ -254,6 +273,45 @@ def test_pretrain_probe_does_not_backpropagate_into_encoder():
     # The same encoder does receive the projection's gradient.
     proj_grads = tape.gradient(contrastive_proxy, encoder)
     assert any(g is not None and np.any(np.asarray(g)) for g in proj_grads)
+
+
+def test_clean_probe_view_reads_the_last_view_in_inference_mode():
+    """probe_view="clean", training: the projection comes from the first two
+    views in training mode, the probe's logits from the third through the
+    encoder in inference mode (the moving statistics as the training pass
+    left them; the clean pass does not update them), and no probe gradient
+    reaches the encoder."""
+    model = tiny_model(probe_view="clean", probe_batch_norm=True)
+    randomize(model.variables, seed=3)
+    x, labels = images(views=3), np.array([0, 1, 2])
+    start = [np.array(v) for v in model.variables]
+    encoder = model.resnet_model.trainable_variables
+    with tf.GradientTape() as tape:
+        z, logits = model(x, training=True)
+        probe = sup_loss(logits, labels)
+    probe_grads = tape.gradient(probe, encoder)
+    assert all(g is None or not np.any(np.asarray(g)) for g in probe_grads)
+    after_call = [np.array(v) for v in model.variables]
+
+    for v, a in zip(model.variables, start):
+        v.assign(a)
+    z_ref, _ = model._projection_head(
+        model.resnet_model(np.concatenate([x[..., :3], x[..., 3:6]]), training=True), training=True)
+    # After the training pass, as in the model: its moving statistics are
+    # the ones the clean view is encoded with.
+    clean_h = model.encode(x[..., 6:], training=False)
+    logits_ref = model.supervised_head(clean_h, training=True)
+    assert tuple(z.shape) == (6, 8) and tuple(logits.shape) == (3, NUM_CLASSES)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(z_ref), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(logits_ref), rtol=1e-4, atol=1e-5)
+    # The same moving statistics as a training pass over the two views alone.
+    for v, a in zip(model.variables, after_call):
+        np.testing.assert_allclose(np.asarray(v), a, rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
+def test_model_rejects_unknown_probe_view():
+    with pytest.raises(ValueError, match="probe_view"):
+        model_lib.Model(NUM_CLASSES, probe_view="blurry")
 
 
 def test_supervised_head_input_bn_standardises_then_is_linear():

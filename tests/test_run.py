@@ -175,6 +175,10 @@ BAD_FLAGS = {
     "eval_without_checkpoint": (["--mode=eval", "--model_dir={empty}"], ["eval", "checkpoint", "model_dir"]),
     "probe_lr_in_finetune": (["--probe_learning_rate=0.1", "--train_mode=finetune"],
                              ["probe_learning_rate", "pretrain", "lineareval_while_pretraining"]),
+    "probe_view_without_probe": (["--probe_view=clean", "--lineareval_while_pretraining=false"],
+                                 ["probe_view", "pretrain", "lineareval_while_pretraining"]),
+    "probe_view_unknown": (["--probe_view=blurry"], ["probe_view", "augmented", "clean"]),
+    "probe_weight_decay_negative": (["--probe_weight_decay=-1"], ["probe_weight_decay", "0"]),
 }
 
 
@@ -356,13 +360,19 @@ def test_probe_learning_rate_moves_the_probe_at_its_own_rate(tmp_path):
     source = datasets.get_dataset("digits")
     images, labels = source.as_numpy("train")
     images = np.repeat(images, 3 // images.shape[-1], axis=-1)  # grey digits as RGB
-    features = np.concatenate([images[:batch], images[batch:2 * batch]], axis=-1)
+    views = run.num_input_views(cfg)
+    features = np.concatenate([images[k * batch:(k + 1) * batch] for k in range(views)], axis=-1)
     features = tf.image.resize(tf.cast(features, tf.float32) / 255.0, [cfg.image_size] * 2)
     labels = tf.constant(labels[:batch], tf.int32)
     step = run.TrainStep(model, optimizer, cfg, {}, 1, probe_optimizer=probe_optimizer)
 
+    state = [v.numpy() for v in model.non_trainable_variables]
     grads, _ = step.gradients(features, labels)
     before = [v.numpy() for v in model.trainable_variables]
+    # The step's own forward pass must start from the same batch-norm moving
+    # statistics (the probe's clean view is encoded with them).
+    for variable, value in zip(model.non_trainable_variables, state):
+        variable.assign(value)
     step(features, labels)
     probe = {id(v) for v in model.supervised_head.trainable_variables}
     assert len(probe) == 2
