@@ -1,10 +1,10 @@
 """End-to-end tests of the trainer `run.py` on the embedded digits data.
 
 Runs are tiny (8×8 views, ResNet-18 at 1/8 width, batch 32, 2–4 steps) and
-happen in-process through `run.parse_flags` + `run.run_main`, except where
-the exit status and the stderr a user sees are what is tested: those run
-`python run.py` as a subprocess, with TF_CPP_MIN_LOG_LEVEL removed from its
-environment so that TensorFlow's native start-up lines would show.
+happen in-process through `run.parse_flags` + `run.run_main`, bad flags
+included (stderr read at the file descriptor). Three bad-flag cases also run
+`python run.py` as a fresh subprocess, with TF_CPP_MIN_LOG_LEVEL removed from
+its environment so that TensorFlow's native start-up lines would show.
 
 What is checked against what:
 - outputs against the files TensorFlow itself reads back (checkpoints through
