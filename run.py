@@ -305,9 +305,9 @@ def check_flags(cfg, present):
         raise UsageError("--train_epochs or --train_steps must be > 0 to train")
     if cfg.checkpoint_steps == 0 and cfg.checkpoint_epochs == 0:
         raise UsageError("--checkpoint_epochs or --checkpoint_steps must be > 0")
-    for flag, default in (("probe_learning_rate", 0.0), ("probe_view", "augmented"),
-                          ("probe_weight_decay", None)):
-        if flag in present and getattr(cfg, flag) != default and (
+    # Passing a probe flag's own default (the original's behaviour) is fine anywhere.
+    for flag in ("probe_learning_rate", "probe_view", "probe_weight_decay"):
+        if flag in present and getattr(cfg, flag) != FLAGS[flag].default and (
                 cfg.train_mode != "pretrain" or not cfg.lineareval_while_pretraining):
             raise UsageError(f"--{flag} applies to the online probe: --train_mode=pretrain "
                              "with --lineareval_while_pretraining")
