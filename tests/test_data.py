@@ -357,13 +357,15 @@ def test_pretrain_with_more_views_stacks_them_on_channels(digits_source):
 
 def test_clean_view_is_the_eval_view_of_the_same_example_after_the_augmented_ones():
     # Label = index, so each row names its source image; blur is on and must
-    # leave the clean view alone.
+    # leave the clean view alone. Crops of at most half the area make every
+    # augmented view differ from the whole image (with crops up to the whole
+    # area, a view that also drew no jitter and no blur equals the clean one).
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)
     source = datasets.InMemorySource("distinct", 24, {"train": (images, np.arange(24))})
     input_fn = data.build_input_fn(source, 16, True, split="train", image_size=16,
                                    use_blur=True, color_jitter_strength=0.5,
-                                   clean_view=True)
+                                   area_range=(0.2, 0.5), clean_view=True)
     batch, labels = _one_batch(input_fn)
     assert batch.shape == (16, 16, 16, 9)
     expected = np.clip(tf.image.resize(images[labels] / 255.0, [16, 16],
