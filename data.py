@@ -2,15 +2,32 @@
 
 Mirrors the original release's `build_input_fn` / `build_distributed_dataset`.
 In pretraining every example yields `num_views` independently augmented views
-concatenated along the channel axis, so a batch of two-view examples is
-[b, H, W, 6]: view k occupies channels 3k..3k+2. With `clean_view` the
-evaluation view of the same example follows them (for the online probe). The
-model splits the channels back into views.
+concatenated along the channel axis, `VIEW_CHANNELS` channels each, so a batch
+of two-view examples is [b, H, W, 2 * VIEW_CHANNELS]: view k occupies
+channels k * VIEW_CHANNELS .. (k + 1) * VIEW_CHANNELS - 1. With `clean_view`
+the evaluation view of the same example follows them (for the online probe).
+The model splits the channels back into views (`model.Model(view_channels=)`).
+
+Randomness: training example j of input pipeline k of n (j counted from the
+start of training, over the repeated, shuffled split) is cropped and flipped
+with the stateless seed fold_in((seed, 0), j * n + k), and a batch is
+colour-distorted and blurred with the seed of its first example (each
+example with its own draws), so a view depends only on (seed, example
+position) however the parallel map is scheduled. With `deterministic` the order is
+seeded too and kept, and `start_step` makes the pipeline start where a run
+that stopped after that many steps left off.
 """
 
 import tensorflow as tf
 
 import data_util
+import train_lib
+
+# Channels of one view: the augmentations produce RGB.
+VIEW_CHANNELS = 3
+# Salts of the per-example and per-batch seeds, so the two never coincide.
+_EXAMPLE_SALT = 0
+_BATCH_SALT = 1
 
 
 def _view_count(is_training, train_mode, num_views):
@@ -25,7 +42,8 @@ def _view_count(is_training, train_mode, num_views):
 def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
-                   num_views=2, flip=True, clean_view=False):
+                   num_views=2, flip=True, clean_view=False, seed=0,
+                   deterministic=False, start_step=0):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
@@ -54,12 +72,22 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         clean_view: in pretraining, append the evaluation view of each
             example (no augmentation, never blurred) after its `num_views`
             augmented views.
+        seed: int, the seed of every augmentation (and of the order with
+            `deterministic`).
+        deterministic: seeded shuffle (and file order), elements kept in
+            order through the parallel maps: the same seed gives the same
+            batches on every run.
+        start_step: with `deterministic`, skip the examples of the first
+            `start_step` global batches, so a resumed run sees what an
+            uninterrupted one would have (the skipped examples are read,
+            not augmented).
 
     Returns:
         `input_fn(input_context=None)` -> `tf.data.Dataset` of
-        (images float32 [b, image_size, image_size, 3 * views] in [0, 1],
-        labels int32 [b]), with views = num_views (+ 1 with `clean_view`)
-        when pretraining and 1 otherwise, and b = the per-replica batch
+        (images float32 [b, image_size, image_size, VIEW_CHANNELS * views]
+        in [0, 1], labels int32 [b]), with views = num_views (+ 1 with
+        `clean_view`) when pretraining and 1 otherwise, and b = the
+        per-replica batch
         `input_context.get_per_replica_batch_size(global_batch_size)`
         (`global_batch_size` when `input_context` is None).
 
@@ -70,63 +98,115 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     views = _view_count(is_training, train_mode, num_views)
     pretraining = is_training and train_mode == "pretrain"
     blur = pretraining and use_blur
+    color = pretraining and color_jitter_strength > 0
     clean_view = pretraining and clean_view
+    base_seed = tf.constant([seed, _EXAMPLE_SALT], tf.int64)
+    batch_base_seed = tf.constant([seed, _BATCH_SALT], tf.int64)
 
     def eval_view(image):
         return data_util.preprocess_image(
             image, image_size, image_size, is_training=False,
             test_crop=image_size > 32)
 
-    def preprocess(image):
-        if not is_training:
-            return eval_view(image)
+    def train_view(image, view_seed):
+        # Colour distortion runs on whole batches (batch_fn).
         return data_util.preprocess_image(
-            image, image_size, image_size, is_training=True,
-            color_distort=train_mode == "pretrain",
-            color_jitter_strength=color_jitter_strength,
-            area_range=area_range, flip=flip)
-
-    def map_fn(image, label):
-        parts = [preprocess(image) for _ in range(views)]
-        if clean_view:
-            parts.append(eval_view(image))
-        return tf.concat(parts, axis=-1), tf.cast(label, tf.int32)
-
-    def blur_fn(images, labels):
-        view_batches = tf.split(images, views + int(clean_view), axis=-1)
-        view_batches[:views] = data_util.batch_random_blur(
-            view_batches[:views], image_size, image_size)
-        return tf.concat(view_batches, axis=-1), labels
+            image, image_size, image_size, is_training=True, color_distort=False,
+            area_range=area_range, flip=flip, seed=view_seed)
 
     def input_fn(input_context=None):
         if input_context is None:
-            batch_size = global_batch_size
+            batch_size, pipelines, pipeline_id = global_batch_size, 1, 0
         else:
             batch_size = input_context.get_per_replica_batch_size(
                 global_batch_size)
-        dataset = source.as_dataset(split, input_context=input_context,
-                                    shuffle_files=is_training)
+            pipelines = input_context.num_input_pipelines
+            pipeline_id = input_context.input_pipeline_id
+        dataset = source.as_dataset(
+            split, input_context=input_context, shuffle_files=is_training,
+            seed=seed if deterministic else None)
         if cache_dataset:
             dataset = dataset.cache()
-        if is_training:
-            options = tf.data.Options()
-            options.deterministic = False
-            options.experimental_slack = True
-            dataset = dataset.with_options(options)
-            buffer_multiplier = 50 if image_size <= 32 else 10
-            dataset = dataset.shuffle(batch_size * buffer_multiplier)
-            dataset = dataset.repeat(-1)
+        if not is_training:
+            dataset = dataset.map(
+                tf.autograph.experimental.do_not_convert(
+                    lambda image, label: (eval_view(image),
+                                          tf.cast(label, tf.int32))),
+                num_parallel_calls=tf.data.AUTOTUNE)
+            return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+        options = tf.data.Options()
+        options.deterministic = deterministic
+        options.experimental_slack = not deterministic
+        dataset = dataset.with_options(options)
+        buffer_multiplier = 50 if image_size <= 32 else 10
+        dataset = dataset.shuffle(batch_size * buffer_multiplier,
+                                  seed=seed if deterministic else None)
+        dataset = dataset.repeat(-1)
+        first = start_step * global_batch_size // pipelines if deterministic else 0
+        if first:
+            dataset = dataset.skip(first)
+        dataset = dataset.enumerate(start=first)
+
+        def map_fn(index, example):
+            image, label = example
+            example_seed = tf.random.experimental.stateless_fold_in(
+                base_seed, index * pipelines + pipeline_id)
+            view_seeds = tf.unstack(
+                tf.random.experimental.stateless_split(example_seed, views))
+            parts = [train_view(image, s) for s in view_seeds]
+            if clean_view:
+                parts.append(eval_view(image))
+            return tf.concat(parts, axis=-1), tf.cast(label, tf.int32), index
+
+        def batch_fn(images, labels, indices):
+            batch_seed = tf.random.experimental.stateless_fold_in(
+                batch_base_seed, indices[0] * pipelines + pipeline_id)
+            color_seed, blur_seed = tf.unstack(
+                tf.random.experimental.stateless_split(batch_seed, 2))
+            view_batches = tf.split(images, views + int(clean_view), axis=-1)
+            if color:
+                view_seeds = tf.unstack(tf.random.experimental.stateless_split(color_seed, views))
+                view_batches[:views] = [
+                    data_util.batch_random_color_jitter(v, color_jitter_strength, s)
+                    for v, s in zip(view_batches[:views], view_seeds)]
+            if blur:
+                view_batches[:views] = data_util.batch_random_blur(
+                    view_batches[:views], image_size, image_size, seed=blur_seed)
+            return tf.concat(view_batches, axis=-1), labels, indices
+
         # The augmentations branch with tf.cond / tf.switch_case themselves;
         # AutoGraph would only spend seconds re-parsing them.
         dataset = dataset.map(tf.autograph.experimental.do_not_convert(map_fn),
                               num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.batch(batch_size, drop_remainder=is_training)
-        if blur:
-            dataset = dataset.map(tf.autograph.experimental.do_not_convert(blur_fn),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+        if color or blur:
+            dataset = dataset.map(
+                tf.autograph.experimental.do_not_convert(batch_fn),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda images, labels, _: (images, labels))
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn
+
+
+def train_input_fn(cfg, source, start_step=0):
+    """The training `input_fn` of a run's flags (`config.Config`), from step
+    `start_step` on."""
+    return build_input_fn(
+        source, cfg.train_batch_size, is_training=True, split=cfg.train_split,
+        image_size=cfg.image_size, train_mode=cfg.train_mode,
+        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
+        cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
+        num_views=2, flip=cfg.use_flip, clean_view=train_lib.clean_probe_view(cfg),
+        seed=cfg.seed, deterministic=cfg.deterministic, start_step=start_step)
+
+
+def eval_input_fn(cfg, source):
+    """The evaluation `input_fn` of a run's flags: --eval_split, in order."""
+    return build_input_fn(
+        source, cfg.eval_batch_size, is_training=False, split=cfg.eval_split,
+        image_size=cfg.image_size, train_mode=cfg.train_mode)
 
 
 def build_distributed_dataset(input_fn, strategy):

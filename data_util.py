@@ -4,21 +4,27 @@ This module follows the augmentation module of the original SimCLR TF2
 release. Images are float32 tensors in [0, 1] with shape [H, W, 3]. Nothing
 here subtracts a mean or divides by a standard deviation.
 
-A pretraining view is made in two places:
+A pretraining view is, in this order:
 
-1. `preprocess_for_train`, run per example inside `tf.data`:
-   - a random resized crop covering a fraction of the image area in
-     [0.08, 1] (at least 0.1 in practice, see `crop_and_resize`), with
-     aspect ratio in [3/4, 4/3] relative to the output, resized bicubically;
-   - a horizontal flip with probability 1/2;
-   - colour distortion: colour jitter with probability 0.8, then grayscale
-     with probability 0.2.
-2. `batch_random_blur`, run by the model on whole batches of views: a
-   Gaussian blur with one random sigma per batch, kept for each example with
-   probability 1/2.
+1. a random resized crop covering a fraction of the image area in [0.08, 1]
+   (at least 0.1 in practice, see `crop_and_resize`), with aspect ratio in
+   [3/4, 4/3] relative to the output, resized bicubically;
+2. a horizontal flip with probability 1/2;
+3. colour distortion, when its strength is above 0: colour jitter with
+   probability 0.8, then grayscale with probability 0.2;
+4. a Gaussian blur with one random sigma per batch, kept for each example
+   with probability 1/2 (`batch_random_blur`).
 
-All randomness comes from TensorFlow's stateful random ops, so
-`tf.random.set_seed` makes a run repeatable. No function fixes a seed itself.
+`preprocess_for_train` makes steps 1-3 for one image. The input pipeline
+(`data.py`) runs steps 1-2 per example and 3-4 on whole batches
+(`batch_random_color_jitter`, the same law with whole-batch ops).
+
+Randomness. Every random function takes `seed`, a [2] int32/int64 tensor,
+and draws with stateless ops only (`tf.random.stateless_*`,
+`tf.image.stateless_*`), splitting the seed for each decision: the same seed
+gives the same view on every run and every machine, whatever order a
+parallel pipeline runs in. `seed=None` draws one seed from TensorFlow's
+global generator (so `tf.random.set_seed` makes a run repeatable).
 """
 
 import functools
@@ -27,15 +33,31 @@ import tensorflow as tf
 
 # Fraction of the limiting image side that the evaluation centre crop keeps.
 CROP_PROPORTION = 0.875
+_INT32_MAX = 2 ** 31 - 1
 
 
-def random_apply(func, p, x):
-    """Returns `func(x)` with probability `p`, and `x` otherwise.
+def _seeds(seed, num):
+    """`num` independent [2] seeds derived from `seed` (None: a fresh one)."""
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=_INT32_MAX, dtype=tf.int32)
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
-    `func` must return a tensor of the same dtype as `x`.
+
+def _uniform(seed, minval=0.0, maxval=1.0, shape=()):
+    return tf.random.stateless_uniform(shape, seed, minval=minval,
+                                       maxval=maxval, dtype=tf.float32)
+
+
+def random_apply(func, p, x, seed=None):
+    """Returns `func(x, seed')` with probability `p`, and `x` otherwise.
+
+    `seed'` is a seed derived from `seed`, independent of the draw that
+    decides. `func` must return a tensor of the same dtype as `x`.
     """
-    draw = tf.random.uniform([], minval=0.0, maxval=1.0, dtype=tf.float32)
-    return tf.cond(draw < tf.cast(p, tf.float32), lambda: func(x), lambda: x)
+    draw_seed, func_seed = _seeds(seed, 2)
+    draw = _uniform(draw_seed)
+    return tf.cond(draw < tf.cast(p, tf.float32), lambda: func(x, func_seed),
+                   lambda: x)
 
 
 def to_grayscale(image, keep_channels=True):
@@ -51,54 +73,57 @@ def to_grayscale(image, keep_channels=True):
     return image
 
 
-def _random_factor(max_delta):
+def _random_factor(max_delta, seed):
     """Draws a factor f ~ U[max(0, 1 - max_delta), 1 + max_delta]."""
     max_delta = tf.cast(max_delta, tf.float32)
     lower = tf.maximum(1.0 - max_delta, 0.0)
-    return tf.random.uniform([], minval=lower, maxval=1.0 + max_delta,
-                             dtype=tf.float32)
+    return _uniform(_seeds(seed, 1)[0], lower, 1.0 + max_delta)
 
 
-def random_brightness(image, max_delta):
+def random_brightness(image, max_delta, seed=None):
     """Scales brightness by a random factor: y = f x.
 
     The factor is f ~ U[max(0, 1 - max_delta), 1 + max_delta]. SimCLR v2 uses
     this multiplicative form rather than the additive shift of
     `tf.image.random_brightness`.
     """
-    return image * _random_factor(max_delta)
+    return image * _random_factor(max_delta, seed)
 
 
-def _random_contrast(image, max_delta):
+def _random_contrast(image, max_delta, seed=None):
     """Adjusts contrast by a random factor, per channel.
 
     Computes y = m + f (x - m), with m the channel's mean over the image and
     f ~ U[max(0, 1 - max_delta), 1 + max_delta]. The floor at 0 only matters
     for max_delta > 1; it stops the image from being inverted.
     """
-    return tf.image.adjust_contrast(image, _random_factor(max_delta))
+    return tf.image.adjust_contrast(image, _random_factor(max_delta, seed))
 
 
-def _random_saturation(image, max_delta):
+def _random_saturation(image, max_delta, seed=None):
     """Scales HSV saturation by f ~ U[max(0, 1 - max_delta), 1 + max_delta].
 
     The scaled saturation is clipped to [0, 1]. Hue and value are kept.
     """
-    return tf.image.adjust_saturation(image, _random_factor(max_delta))
+    return tf.image.adjust_saturation(image, _random_factor(max_delta, seed))
 
 
-def _random_hue(image, max_delta):
+def _random_hue(image, max_delta, seed=None):
     """Rotates HSV hue by d ~ U[-max_delta, max_delta], in turns (mod 1)."""
-    delta = tf.random.uniform([], minval=-max_delta, maxval=max_delta,
-                              dtype=tf.float32)
+    delta = _uniform(_seeds(seed, 1)[0], -max_delta, max_delta)
     return tf.image.adjust_hue(image, delta)
+
+
+def _identity(image, seed=None):
+    del seed
+    return tf.identity(image)
 
 
 def _jitter_transforms(brightness, contrast, saturation, hue):
     """Lists the four jitter ops in canonical order.
 
     An op whose strength is 0 is replaced by the identity. Strengths are
-    Python numbers.
+    Python numbers. Each transform is called as `transform(image, seed)`.
     """
     ops = (
         (brightness, random_brightness),
@@ -111,11 +136,12 @@ def _jitter_transforms(brightness, contrast, saturation, hue):
         if strength != 0:
             transforms.append(functools.partial(op, max_delta=strength))
         else:
-            transforms.append(tf.identity)
+            transforms.append(_identity)
     return transforms
 
 
-def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0):
+def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0,
+                         seed=None):
     """Applies brightness, contrast, saturation and hue jitter in that order.
 
     Each argument is the strength of its op: the brightness, contrast and
@@ -123,29 +149,33 @@ def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0):
     shift from U[-s, s]. An op with strength 0 is skipped. The image is
     clipped to [0, 1] after each op.
     """
-    for transform in _jitter_transforms(brightness, contrast, saturation, hue):
-        image = tf.clip_by_value(transform(image), 0.0, 1.0)
+    transforms = _jitter_transforms(brightness, contrast, saturation, hue)
+    for transform, op_seed in zip(transforms, _seeds(seed, len(transforms))):
+        image = tf.clip_by_value(transform(image, seed=op_seed), 0.0, 1.0)
     return image
 
 
-def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0):
+def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0,
+                      seed=None):
     """Applies the four jitter ops of `color_jitter_nonrand` in a random order.
 
-    The order is a uniformly random permutation of the four ops, drawn anew
-    on each call. The image is clipped to [0, 1] after each op.
+    The order is a uniformly random permutation of the four ops (the argsort
+    of four uniform draws). The image is clipped to [0, 1] after each op.
     """
     transforms = _jitter_transforms(brightness, contrast, saturation, hue)
-    order = tf.random.shuffle(tf.range(len(transforms)))
+    order_seed, *op_seeds = _seeds(seed, len(transforms) + 1)
+    order = tf.argsort(_uniform(order_seed, shape=[len(transforms)]))
     for i in range(len(transforms)):
         # Every branch preserves shape and dtype, so one switch serves all
-        # positions in graph mode.
-        branches = [functools.partial(t, image) for t in transforms]
+        # positions in graph mode. Op k keeps its own seed wherever it runs.
+        branches = [functools.partial(t, image, seed=s)
+                    for t, s in zip(transforms, op_seeds)]
         image = tf.switch_case(order[i], branch_fns=branches)
         image = tf.clip_by_value(image, 0.0, 1.0)
     return image
 
 
-def color_jitter(image, strength, random_order=True):
+def color_jitter(image, strength, random_order=True, seed=None):
     """Jitters colour with strengths scaled by `strength` = s.
 
     Brightness, contrast and saturation get strength 0.8 s, and hue gets
@@ -154,23 +184,102 @@ def color_jitter(image, strength, random_order=True):
     strengths = dict(brightness=0.8 * strength, contrast=0.8 * strength,
                      saturation=0.8 * strength, hue=0.2 * strength)
     if random_order:
-        return color_jitter_rand(image, **strengths)
-    return color_jitter_nonrand(image, **strengths)
+        return color_jitter_rand(image, seed=seed, **strengths)
+    return color_jitter_nonrand(image, seed=seed, **strengths)
 
 
-def random_color_jitter(image, p=1.0, strength=1.0):
+def random_color_jitter(image, p=1.0, strength=1.0, seed=None):
     """Applies SimCLR's colour distortion with probability `p`.
 
     The distortion is colour jitter (see `color_jitter`) with probability
     0.8, followed, independently, by grayscale with probability 0.2. So an
     output is grayscale with probability 0.2 p.
     """
-    def _distort(image):
-        image = random_apply(
-            functools.partial(color_jitter, strength=strength), p=0.8, x=image)
-        return random_apply(to_grayscale, p=0.2, x=image)
+    def _jitter(image, seed):
+        return color_jitter(image, strength=strength, seed=seed)
 
-    return random_apply(_distort, p=p, x=image)
+    def _distort(image, seed):
+        jitter_seed, gray_seed = _seeds(seed, 2)
+        image = random_apply(_jitter, p=0.8, x=image, seed=jitter_seed)
+        return random_apply(lambda x, _: to_grayscale(x), p=0.2, x=image,
+                            seed=gray_seed)
+
+    return random_apply(_distort, p=p, x=image, seed=seed)
+
+
+def _per_example(values):
+    """[b] values shaped to broadcast over [b, H, W, C] images."""
+    return tf.reshape(values, [-1, 1, 1, 1])
+
+
+def _batch_contrast(images, factors):
+    """m + f (x - m) per example, m its per-channel mean over the image (as
+    `tf.image.adjust_contrast`)."""
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return mean + _per_example(factors) * (images - mean)
+
+
+def _batch_saturation(images, factors):
+    """HSV saturation scaled by f per example, clipped to [0, 1] (as
+    `tf.image.adjust_saturation`)."""
+    hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
+    saturation = tf.clip_by_value(saturation * tf.reshape(factors, [-1, 1, 1]), 0.0, 1.0)
+    return tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
+
+
+def _batch_hue(images, deltas):
+    """HSV hue rotated by d turns per example (as `tf.image.adjust_hue`)."""
+    hue, saturation, value = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
+    hue = tf.math.floormod(hue + tf.reshape(deltas, [-1, 1, 1]), 1.0)
+    return tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
+
+
+def batch_color_jitter_draws(batch_size, strength, seed):
+    """The random draws of `batch_random_color_jitter`, per example:
+    (factors {brightness, contrast, saturation: [b], hue: [b] deltas},
+    order [b, 4] int32 (a permutation of the ops brightness, contrast,
+    saturation, hue), jitter [b] bool (p = 0.8), grayscale [b] bool (p = 0.2))."""
+    seeds = _seeds(seed, 7)
+    delta = 0.8 * strength
+    lower = max(1.0 - delta, 0.0)
+    shape = [batch_size]
+    factors = {
+        "brightness": _uniform(seeds[0], lower, 1.0 + delta, shape),
+        "contrast": _uniform(seeds[1], lower, 1.0 + delta, shape),
+        "saturation": _uniform(seeds[2], lower, 1.0 + delta, shape),
+        "hue": _uniform(seeds[3], -0.2 * strength, 0.2 * strength, shape),
+    }
+    order = tf.argsort(_uniform(seeds[4], shape=[batch_size, 4]), axis=1)
+    jitter = _uniform(seeds[5], shape=shape) < 0.8
+    grayscale = _uniform(seeds[6], shape=shape) < 0.2
+    return factors, order, jitter, grayscale
+
+
+def batch_random_color_jitter(images, strength, seed=None):
+    """SimCLR's colour distortion (`random_color_jitter` with p = 1) for a
+    batch [b, H, W, 3], every example with draws of its own.
+
+    Per example: with probability 0.8 colour jitter — brightness, contrast,
+    saturation (factors U[max(0, 1 - 0.8 s), 1 + 0.8 s]) and hue (shift
+    U[-0.2 s, 0.2 s]) in a random order, clipped to [0, 1] after each —
+    then, independently, grayscale with probability 0.2. The same law as
+    the per-image functions, computed with whole-batch ops: at each of the
+    four positions all four ops run on the batch and each example keeps the
+    one its order puts there, which costs a fraction of one small-op chain
+    per example in a tf.data map.
+    """
+    factors, order, jitter, grayscale = batch_color_jitter_draws(
+        tf.shape(images)[0], strength, seed)
+    ops = (lambda x: x * _per_example(factors["brightness"]),
+           lambda x: _batch_contrast(x, factors["contrast"]),
+           lambda x: _batch_saturation(x, factors["saturation"]),
+           lambda x: _batch_hue(x, factors["hue"]))
+    jittered = images
+    for position in range(4):
+        candidates = tf.stack([tf.clip_by_value(op(jittered), 0.0, 1.0) for op in ops], axis=1)
+        jittered = tf.gather(candidates, order[:, position], axis=1, batch_dims=1)
+    images = tf.where(_per_example(jitter), jittered, images)
+    return tf.where(_per_example(grayscale), to_grayscale(images), images)
 
 
 def distorted_bounding_box_crop(image,
@@ -178,10 +287,11 @@ def distorted_bounding_box_crop(image,
                                 min_object_covered=0.1,
                                 aspect_ratio_range=(0.75, 1.33),
                                 area_range=(0.05, 1.0),
-                                max_attempts=100):
+                                max_attempts=100,
+                                seed=None):
     """Crops a random rectangle from `image`, without resizing.
 
-    `tf.image.sample_distorted_bounding_box` draws the rectangle. Its aspect
+    `tf.image.stateless_sample_distorted_bounding_box` draws the rectangle. Its aspect
     ratio (width / height, in pixels) is uniform in `aspect_ratio_range`, up
     to rounding of the width to whole pixels. Its area, as a fraction of the
     image, lies in `area_range`. It covers at least `min_object_covered` of
@@ -193,9 +303,10 @@ def distorted_bounding_box_crop(image,
       bbox: float tensor [1, num_boxes, 4] of boxes (ymin, xmin, ymax, xmax),
         in coordinates relative to the image size.
     """
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=bbox,
+        seed=_seeds(seed, 1)[0],
         min_object_covered=min_object_covered,
         aspect_ratio_range=aspect_ratio_range,
         area_range=area_range,
@@ -205,7 +316,7 @@ def distorted_bounding_box_crop(image,
     return tf.slice(image, begin, size)
 
 
-def crop_and_resize(image, height, width, area_range=(0.08, 1.0)):
+def crop_and_resize(image, height, width, area_range=(0.08, 1.0), seed=None):
     """Takes a random resized crop, then a bicubic resize to [height, width].
 
     Let a = width / height be the output aspect ratio. The crop's aspect
@@ -222,7 +333,8 @@ def crop_and_resize(image, height, width, area_range=(0.08, 1.0)):
         min_object_covered=0.1,
         aspect_ratio_range=(3.0 / 4.0 * aspect_ratio, 4.0 / 3.0 * aspect_ratio),
         area_range=area_range,
-        max_attempts=100)
+        max_attempts=100,
+        seed=seed)
     return tf.image.resize(image, [height, width], method="bicubic")
 
 
@@ -270,15 +382,17 @@ def center_crop(image, height, width, crop_proportion):
 
 
 def random_crop_with_resize(image, height, width, p=1.0,
-                            area_range=(0.08, 1.0)):
+                            area_range=(0.08, 1.0), seed=None):
     """Applies `crop_and_resize` with probability `p`.
 
     When p < 1, an image that is not cropped keeps its size. It should then
     already be [height, width].
     """
-    crop = functools.partial(crop_and_resize, height=height, width=width,
-                             area_range=area_range)
-    return random_apply(crop, p=p, x=image)
+    def crop(image, seed):
+        return crop_and_resize(image, height, width, area_range=area_range,
+                               seed=seed)
+
+    return random_apply(crop, p=p, x=image, seed=seed)
 
 
 def gaussian_blur(image, kernel_size, sigma, padding="SAME"):
@@ -328,7 +442,7 @@ def _blur_kernel_size(height):
     return 2 * ((height // 10) // 2) + 1
 
 
-def random_blur(image, height, width, p=1.0):
+def random_blur(image, height, width, p=1.0, seed=None):
     """Blurs with probability `p`, using a random sigma ~ U(0.1, 2.0).
 
     The kernel size is set from `height` alone (see `_blur_kernel_size`), as
@@ -336,14 +450,15 @@ def random_blur(image, height, width, p=1.0):
     """
     del width
 
-    def _blur(image):
-        sigma = tf.random.uniform([], minval=0.1, maxval=2.0, dtype=tf.float32)
+    def _blur(image, seed):
+        sigma = _uniform(seed, 0.1, 2.0)
         return gaussian_blur(image, _blur_kernel_size(height), sigma)
 
-    return random_apply(_blur, p=p, x=image)
+    return random_apply(_blur, p=p, x=image, seed=seed)
 
 
-def batch_random_blur(images_list, height, width, blur_probability=0.5):
+def batch_random_blur(images_list, height, width, blur_probability=0.5,
+                      seed=None):
     """Blurs each batch in `images_list` with one random sigma per batch.
 
     For every [b, H, W, C] batch, sigma ~ U(0.1, 2.0) is drawn once and the
@@ -355,10 +470,10 @@ def batch_random_blur(images_list, height, width, blur_probability=0.5):
       A list of batches, in the order of `images_list`.
     """
     blurred_list = []
-    for images in images_list:
-        blurred = random_blur(images, height, width, p=1.0)
-        draws = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.0, 1.0,
-                                  dtype=tf.float32)
+    for images, batch_seed in zip(images_list, _seeds(seed, len(images_list))):
+        sigma_seed, keep_seed = _seeds(batch_seed, 2)
+        blurred = random_blur(images, height, width, p=1.0, seed=sigma_seed)
+        draws = _uniform(keep_seed, shape=[tf.shape(images)[0], 1, 1, 1])
         keep_blurred = tf.cast(draws < blur_probability, images.dtype)
         images = keep_blurred * blurred + (1.0 - keep_blurred) * images
         blurred_list.append(tf.clip_by_value(images, 0.0, 1.0))
@@ -372,25 +487,30 @@ def preprocess_for_train(image,
                          crop=True,
                          flip=True,
                          color_jitter_strength=1.0,
-                         area_range=(0.08, 1.0)):
+                         area_range=(0.08, 1.0),
+                         seed=None):
     """Makes one training view of `image`, a float [H, W, 3] tensor in [0, 1].
 
     The steps are a random resized crop (if `crop`), a horizontal flip with
     probability 1/2 (if `flip`), and colour distortion at
-    `color_jitter_strength` (if `color_distort`). The result is clipped to
-    [0, 1]. Without `crop`, the image must already be [height, width].
+    `color_jitter_strength` (if `color_distort` and the strength is above 0,
+    as in the original: strength 0 skips the random grayscale too). The
+    result is clipped to [0, 1]. Without `crop`, the image must already be
+    [height, width].
 
     Returns:
       A [height, width, 3] float32 tensor.
     """
+    crop_seed, flip_seed, color_seed = _seeds(seed, 3)
     if crop:
         image = random_crop_with_resize(image, height, width,
-                                        area_range=area_range)
+                                        area_range=area_range, seed=crop_seed)
     if flip:
-        image = tf.image.random_flip_left_right(image)
-    if color_distort:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if color_distort and color_jitter_strength > 0:
         image = random_color_jitter(image, p=1.0,
-                                    strength=color_jitter_strength)
+                                    strength=color_jitter_strength,
+                                    seed=color_seed)
     image = tf.reshape(image, [height, width, 3])
     return tf.clip_by_value(image, 0.0, 1.0)
 
@@ -431,7 +551,8 @@ def preprocess_image(image,
                      test_crop=True,
                      color_jitter_strength=1.0,
                      area_range=(0.08, 1.0),
-                     flip=True):
+                     flip=True,
+                     seed=None):
     """Converts an image to float32 in [0, 1] and makes a train or eval view.
 
     Integer images are scaled to [0, 1] (uint8: x / 255). Float images are
@@ -450,5 +571,5 @@ def preprocess_image(image,
             image, height, width,
             color_distort=color_distort,
             color_jitter_strength=color_jitter_strength,
-            area_range=area_range, flip=flip)
+            area_range=area_range, flip=flip, seed=seed)
     return preprocess_for_eval(image, height, width, crop=test_crop)

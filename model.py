@@ -5,8 +5,8 @@ keras.ops and numpy only) and takes its configuration as arguments instead of
 reading absl flags, so tests and notebooks can build any variant directly.
 
 The training model takes images whose channels hold the augmented views side
-by side ([b, H, W, 3·V]), stacks the views along the batch axis (rows
-v·b .. (v+1)·b − 1 are view v), and returns
+by side ([b, H, W, c·V], c = `view_channels` channels per view), stacks the
+views along the batch axis (rows v·b .. (v+1)·b − 1 are view v), and returns
 
     (projection_head_output [V·b, proj_dim] or None, logits_sup [V·b, classes] or None).
 """
@@ -144,7 +144,9 @@ class Model(keras.Model):
     exists when `lineareval_while_pretraining` (it then reads stop_gradient of
     its input: the online linear probe) or in `train_mode="finetune"`.
 
-    Inputs are views stacked on the channel axis, [b, H, W, 3k]. The online
+    Inputs are views stacked on the channel axis, [b, H, W, c·k] with
+    c = `view_channels` (3 for RGB views; more when the pipeline appends
+    channels to every view). The online
     probe reads the features of those views (`probe_view="augmented"`, as in
     the original), or, with `probe_view="clean"` and k > 1 in training, only
     the last view, the evaluation view of the same images, encoded in
@@ -158,7 +160,7 @@ class Model(keras.Model):
                  batch_norm_decay=0.9, global_bn=True, fine_tune_after_block=-1,
                  proj_head_mode="nonlinear", proj_out_dim=128, num_proj_layers=3,
                  ft_proj_selector=0, lineareval_while_pretraining=True, probe_batch_norm=False,
-                 probe_view="augmented", name="model", **kwargs):
+                 probe_view="augmented", view_channels=3, name="model", **kwargs):
         super().__init__(name=name, **kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
@@ -167,7 +169,10 @@ class Model(keras.Model):
         if train_mode == "pretrain" and fine_tune_after_block > -1:
             raise ValueError("fine_tune_after_block must be -1 when train_mode=pretrain "
                              "(freezing layers only applies to finetune)")
+        if view_channels < 1:
+            raise ValueError(f"view_channels must be >= 1, got {view_channels}")
         self.train_mode = train_mode
+        self.view_channels = view_channels
         self.lineareval_while_pretraining = lineareval_while_pretraining
         self.probe_view = probe_view
         self.resnet_model = resnet.resnet(
@@ -185,9 +190,10 @@ class Model(keras.Model):
                 global_bn=global_bn)
 
     def call(self, inputs, training=None):
-        num_views = inputs.shape[-1] // 3
-        if num_views * 3 != inputs.shape[-1]:
-            raise ValueError(f"input channels must be a multiple of 3, got {inputs.shape[-1]}")
+        num_views = inputs.shape[-1] // self.view_channels
+        if num_views < 1 or num_views * self.view_channels != inputs.shape[-1]:
+            raise ValueError(f"input channels must be a multiple of view_channels="
+                             f"{self.view_channels}, got {inputs.shape[-1]}")
         views = ops.split(inputs, num_views, axis=-1) if num_views > 1 else [inputs]
         clean_probe = (self.probe_view == "clean" and self.train_mode == "pretrain"
                        and self.supervised_head is not None and training and num_views > 1)
@@ -210,7 +216,8 @@ class Model(keras.Model):
         return projection_head_outputs, supervised_head_outputs
 
     def encode(self, images, training=False):
-        """h = f(images): the encoder output the probes read, for [b, H, W, 3] images."""
+        """h = f(images): the encoder output the probes read, for one view
+        per image, [b, H, W, view_channels]."""
         return self.resnet_model(images, training=training)
 
 
@@ -280,17 +287,18 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
 def weight_decay_loss(model, optimizer_name, weight_decay, head_weight_decay=None):
     """Explicit L2 term wd·½Σw² (+ wd_head·½Σw² over the supervised head).
 
-    With LARS only the supervised head's kernel and bias (LARS decays the
-    rest itself); otherwise every trainable variable outside batch norm,
-    biases included, as in the original. `head_weight_decay`, when not None,
-    replaces wd for the supervised head's variables (the online probe's own
-    regularisation).
+    As in the original: with LARS only the supervised head's kernels (LARS
+    decays the rest itself and, like the original, excludes biases);
+    otherwise every trainable variable outside batch norm, biases included.
+    `head_weight_decay`, when not None, replaces wd for the supervised head's
+    variables (the online probe's own regularisation).
     """
     if head_weight_decay is None:
         head_weight_decay = weight_decay
     head = {id(v) for v in model.supervised_head.trainable_variables} if model.supervised_head else set()
     if optimizer_name == "lars":
-        variables = [v for v in model.trainable_variables if id(v) in head]
+        variables = [v for v in model.trainable_variables
+                     if id(v) in head and "bias" not in v.path]
     else:
         variables = [v for v in model.trainable_variables if "batch_normalization" not in v.path]
     total = ops.zeros((), "float32")

@@ -241,22 +241,21 @@ def _hard(views, temperature, num_negatives, hidden_norm):
     positive and only its K most similar negatives out of the 2B - 2
     (cross-view j != i and same-view j != i):
         la_i = -ab_ii + LSE([ab_ii ; top_K of the negatives of i]).
-    K = `num_negatives` (None: all) is clamped to 2B - 2, where the loss is
-    NT-Xent exactly.  With a batch size unknown at trace time K cannot be
-    clamped and must not exceed 2B - 2.
+    K = `num_negatives` is clamped to 2B - 2, where the loss equals NT-Xent;
+    None keeps all negatives and computes NT-Xent directly, without the
+    top-k.  With a batch size unknown at trace time K cannot be clamped and
+    must not exceed 2B - 2.
     """
     _check_positive("temperature", temperature)
-    if num_negatives is not None:
-        if (isinstance(num_negatives, bool)
-                or not isinstance(num_negatives, (int, np.integer))
-                or num_negatives < 1):
-            raise ValueError("num_negatives must be a positive int or None, "
-                             f"got {num_negatives!r}.")
-        if (views.global_size is not None
-                and num_negatives >= 2 * views.global_size - 2):
-            num_negatives = None
     if num_negatives is None:
         return _ntxent(views, temperature, hidden_norm)
+    if (isinstance(num_negatives, bool)
+            or not isinstance(num_negatives, (int, np.integer))
+            or num_negatives < 1):
+        raise ValueError("num_negatives must be a positive int or None, "
+                         f"got {num_negatives!r}.")
+    if views.global_size is not None:
+        num_negatives = min(num_negatives, 2 * views.global_size - 2)
 
     if hidden_norm:
         views = views.normalized()

@@ -693,7 +693,9 @@ class ResNet(keras.Model):
             h = ops.stop_gradient(h)
         endpoints["final_avg_pool"] = h
         if return_endpoints:
-            return h, endpoints
+            # Ordered from the stem to the pooled output; the names are the
+            # original release's (its SavedModel outputs).
+            return h, {name: endpoints[name] for name in ENDPOINT_NAMES}
         return h
 
     def get_config(self):

@@ -9,14 +9,21 @@
 - any other name: a TFDS dataset already prepared in the TFDS data directory
   `data_dir` (TFDS's default directory when None) (`datasets.tfds_source`).
 
-Every source yields (image uint8 [H, W, C], label int64) examples. Bad names,
-directories or splits raise `DatasetError`, whose one-line message names the
-flag to fix.
+A new source registers its name with `@register("name")` in its own module,
+imported below; nothing else changes. Every source yields (image uint8
+[H, W, C], label int64) examples and carries the preset of flags that sizes a
+run for its images (`Source.preset`). Bad names, directories or splits raise
+`DatasetError`, whose one-line message names the flag to fix.
 """
 
 from .base import DatasetError
 from .base import InMemorySource
 from .base import Source
+from .base import image_size_preset
+from .registry import SOURCES
+from .registry import register
+from . import digits  # noqa: F401  (registers "digits")
+from . import image_folder  # noqa: F401  (registers "image_folder")
 from .digits import DigitsSource
 from .image_folder import ImageFolderSource
 from .tfds_source import TFDSSource
@@ -26,9 +33,10 @@ def get_dataset(name, data_dir=None):
     """Opens the dataset `name` (see the module docstring).
 
     Args:
-        name: `digits`, `image_folder`, or a TFDS name.
-        data_dir: the image folder for `image_folder`, the TFDS data directory
-            for TFDS names; unused by `digits`.
+        name: a registered name (`SOURCES`) or a TFDS name.
+        data_dir: the source's directory (the image folder for
+            `image_folder`, the TFDS data directory for TFDS names); unused
+            by sources that ship their data.
 
     Returns:
         A `Source`.
@@ -38,14 +46,13 @@ def get_dataset(name, data_dir=None):
             malformed, or the TFDS dataset is not prepared in it.
     """
     if not name:
-        raise DatasetError("--dataset must be digits, image_folder, or a "
+        raise DatasetError(f"--dataset must be {', '.join(SOURCES)}, or a "
                            "TFDS dataset name; got an empty name")
-    if name == "digits":
-        return DigitsSource()
-    if name == "image_folder":
-        return ImageFolderSource(data_dir)
+    if name in SOURCES:
+        return SOURCES[name](data_dir)
     return TFDSSource(name, data_dir)
 
 
 __all__ = ["DatasetError", "DigitsSource", "ImageFolderSource",
-           "InMemorySource", "Source", "TFDSSource", "get_dataset"]
+           "InMemorySource", "SOURCES", "Source", "TFDSSource",
+           "get_dataset", "image_size_preset", "register"]

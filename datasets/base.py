@@ -1,14 +1,59 @@
-"""The interface every dataset source implements, and its error type.
+"""The interface every dataset source implements, its error type, and the
+presets that size a run for a source's images.
 
 A source yields labelled uint8 images split by name. `data.py` builds the
 augmented input pipelines on top of `Source.as_dataset`; the raw-pixel
-baselines read whole splits through `Source.as_numpy`.
+baselines read whole splits through `Source.as_numpy`; `config.py` gives the
+flags a user leaves unset the values of `Source.preset()`.
 """
 
 import numpy as np
 import tensorflow as tf
 
 _SPLIT_FLAGS = "--train_split/--eval_split"
+
+# Largest image side (pixels) that gets the small-image preset (the CIFAR
+# stem) and the medium one; larger or varying sizes keep the original's
+# ImageNet settings.
+SMALL_IMAGE_SIDE = 32
+MEDIUM_IMAGE_SIDE = 160
+
+
+def image_size_preset(image_shape, splits, train_split="train"):
+    """Flag values that size a run for images of `image_shape` (H, W, C).
+
+    - side <= 32 (CIFAR, MNIST, 32 px folders): the native size with the
+      CIFAR stem, ResNet-18 at batch 128, trained and then evaluated, with
+      the original's CIFAR-10 recipe otherwise (LARS 1.0 linear, weight
+      decay 1e-4, tau 0.5, colour strength 0.5, no blur);
+    - 32 < side <= 160 (STL-10): the native size with the ImageNet stem,
+      ResNet-18 at batch 128, trained and then evaluated;
+    - larger, or varying sizes: nothing, so the original's ImageNet
+      defaults apply (ResNet-50, 224 px, batch 512).
+
+    When `train_then_eval` is preset, the evaluation split is `test`, else
+    `validation`, else the first other split, when the source has one.
+    """
+    height, width = image_shape[:2]
+    if height is None or width is None or max(height, width) > MEDIUM_IMAGE_SIDE:
+        return {}
+    side = max(height, width)
+    preset = dict(mode="train_then_eval", image_size=side, resnet_depth=18,
+                  train_batch_size=128, eval_batch_size=256)
+    if side <= SMALL_IMAGE_SIDE:
+        preset.update(optimizer="lars", learning_rate=1.0,
+                      learning_rate_scaling="linear", weight_decay=1e-4,
+                      temperature=0.5, color_jitter_strength=0.5,
+                      use_blur=False)
+    others = [split for split in splits if split != train_split]
+    for name in ("test", "validation"):
+        if name in others:
+            preset["eval_split"] = name
+            break
+    else:
+        if others:
+            preset["eval_split"] = others[0]
+    return preset
 
 
 class DatasetError(ValueError):
@@ -43,7 +88,13 @@ class Source:
         """Number of examples in `split`."""
         raise NotImplementedError
 
-    def as_dataset(self, split, input_context=None, shuffle_files=False):
+    def preset(self):
+        """Flag values for the flags a user leaves unset (`config.py`);
+        by default sized by the images (`image_size_preset`)."""
+        return image_size_preset(self.image_shape, self.splits)
+
+    def as_dataset(self, split, input_context=None, shuffle_files=False,
+                   seed=None):
         """A `tf.data.Dataset` of (image uint8 [H, W, C], label int64 []).
 
         Args:
@@ -54,6 +105,8 @@ class Source:
                 disjoint and together cover the split.
             shuffle_files: read the files of the split in random order (only
                 meaningful for file-backed sources).
+            seed: with `shuffle_files`, the seed of that order (None: a
+                fresh one each time).
         """
         raise NotImplementedError
 
@@ -99,14 +152,15 @@ class InMemorySource(Source):
         self.check_split(split)
         return len(self._arrays[split][1])
 
-    def as_dataset(self, split, input_context=None, shuffle_files=False):
+    def as_dataset(self, split, input_context=None, shuffle_files=False,
+                   seed=None):
         """See `Source.as_dataset`.
 
         Pipeline k of n reads examples k, k + n, k + 2n, ... There are no
-        files, so `shuffle_files` has nothing to shuffle; the training
-        pipeline's shuffle buffer randomises the order instead.
+        files, so `shuffle_files` and `seed` have nothing to shuffle; the
+        training pipeline's shuffle buffer randomises the order instead.
         """
-        del shuffle_files
+        del shuffle_files, seed
         self.check_split(split)
         dataset = tf.data.Dataset.from_tensor_slices(self._arrays[split])
         if input_context is not None and input_context.num_input_pipelines > 1:

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from .base import DatasetError
 from .base import InMemorySource
+from .registry import register
 
 NAME = "image_folder"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -69,6 +70,7 @@ def _channels_to_keep(image):
     return 1 if image.shape[-1] <= 2 else 3
 
 
+@register(NAME)
 class ImageFolderSource(InMemorySource):
     """Labelled images read from `data_dir/<split>/<class>/<file>`.
 

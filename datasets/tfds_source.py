@@ -20,8 +20,11 @@ import tensorflow_datasets as tfds
 
 from .base import DatasetError
 from .base import Source
+from .registry import SOURCES
 
-_KNOWN = "--dataset must be digits, image_folder, or a TFDS dataset name"
+
+def _known():
+    return f"--dataset must be {', '.join(SOURCES)}, or a TFDS dataset name"
 
 
 def default_data_dir():
@@ -43,10 +46,10 @@ def _prepared_builder(name, data_dir):
     try:
         dataset_name, _ = tfds.core.naming.parse_builder_name_kwargs(name)
     except ValueError:
-        raise DatasetError(f"{_KNOWN}; got {name!r}") from None
+        raise DatasetError(f"{_known()}; got {name!r}") from None
     if dataset_name.namespace:
         # Community and Hugging Face namespaces resolve through the network.
-        raise DatasetError(f"{_KNOWN} without a namespace; got {name!r}")
+        raise DatasetError(f"{_known()} without a namespace; got {name!r}")
     try:
         # Looks only at files under data_dir, unlike tfds.builder().
         return tfds.core.read_only_builder.builder_from_files(
@@ -60,7 +63,7 @@ def _prepared_builder(name, data_dir):
             f"prepared beforehand with `tfds build {dataset_name.name} "
             f"--data_dir=DIR` (or download_and_prepare) on a machine with "
             f"network access")
-    raise DatasetError(f"{_KNOWN}; {name!r} is neither (no TFDS builder of "
+    raise DatasetError(f"{_known()}; {name!r} is neither (no TFDS builder of "
                        f"that name and no prepared copy under {data_dir})")
 
 
@@ -105,7 +108,8 @@ class TFDSSource(Source):
     def num_examples(self, split):
         return int(self._split_info(split).num_examples)
 
-    def as_dataset(self, split, input_context=None, shuffle_files=False):
+    def as_dataset(self, split, input_context=None, shuffle_files=False,
+                   seed=None):
         """See `Source.as_dataset`.
 
         With an input context, TFDS gives each input pipeline its own record
@@ -126,7 +130,8 @@ class TFDSSource(Source):
         else:
             read_config = tfds.ReadConfig(input_context=input_context,
                                           interleave_cycle_length=32,
-                                          interleave_block_length=1)
+                                          interleave_block_length=1,
+                                          shuffle_seed=seed)
         dataset = self._builder.as_dataset(
             split=split, shuffle_files=shuffle_files, read_config=read_config)
         if shard_examples:

@@ -34,3 +34,16 @@ def mirrored_strategy():
     """
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     return tf.distribute.MirroredStrategy(devices)
+
+
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have chosen
+def pytest_collection_modifyitems(config, items):
+    """tests/test_backends.py waits for a JAX test session in a subprocess:
+    start it now and run those tests last, so that the two backends' tests
+    run side by side."""
+    if os.environ["KERAS_BACKEND"] != "tensorflow":
+        return
+    waiting = [item for item in items if item.module.__name__ == "test_backends"]
+    if waiting:
+        items[:] = [item for item in items if item not in waiting] + waiting
+        waiting[0].module.start_jax_session()

@@ -476,3 +476,48 @@ def test_distributed_dataset_gives_each_replica_half_the_batch(digits_source, mi
         assert replica_images.shape == (8, 8, 8, 6)
         assert replica_labels.shape == (8,)
         assert replica_labels.dtype == tf.int32
+
+
+def _batches(input_fn, count):
+    iterator = iter(input_fn())
+    return [tuple(t.numpy() for t in next(iterator)) for _ in range(count)]
+
+
+def test_deterministic_pipeline_repeats_and_resumes_where_it_left_off(digits_source):
+    """--deterministic: the same seed gives the same batches (order and
+    augmentation) in a fresh pipeline; start_step=2 gives batches 2, 3, ...
+    of a pipeline started at 0; another seed gives other batches."""
+    def make(seed=3, start_step=0):
+        return data.build_input_fn(digits_source, 32, True, split="train", image_size=8,
+                                   color_jitter_strength=1.0, clean_view=True, seed=seed,
+                                   deterministic=True, start_step=start_step)
+
+    first, again = _batches(make(), 4), _batches(make(), 4)
+    for (x, y), (x2, y2) in zip(first, again):
+        assert x.tobytes() == x2.tobytes() and np.array_equal(y, y2)
+    for (x, y), (x2, y2) in zip(first[2:], _batches(make(start_step=2), 2)):
+        assert x.tobytes() == x2.tobytes() and np.array_equal(y, y2)
+    other_x, _ = _batches(make(seed=4), 1)[0]
+    assert not np.allclose(other_x, first[0][0])
+
+
+@pytest.mark.parametrize("shape,splits,expected", [
+    ((32, 32, 3), ("train", "test"), dict(image_size=32, resnet_depth=18, train_batch_size=128,
+                                         mode="train_then_eval", eval_split="test",
+                                         optimizer="lars", use_blur=False)),
+    ((28, 28, 1), ("train", "test"), dict(image_size=28, resnet_depth=18, eval_split="test")),
+    ((96, 96, 3), ("train", "validation", "unlabelled"),
+     dict(image_size=96, resnet_depth=18, train_batch_size=128, eval_split="validation")),
+    ((224, 224, 3), ("train", "validation"), {}),
+    ((None, None, 3), ("train",), {}),
+])
+def test_image_size_preset(shape, splits, expected):
+    """Small images get a CIFAR-stem ResNet-18 at their own size and a laptop
+    batch, medium ones a ResNet-18 at their size; ImageNet-size or varying
+    images keep the original's defaults (an empty preset)."""
+    preset = datasets.image_size_preset(shape, splits)
+    assert {k: preset.get(k) for k in expected} == expected
+    if not expected:
+        assert preset == {}
+    elif shape[0] > 32:
+        assert "optimizer" not in preset and "temperature" not in preset

@@ -356,7 +356,7 @@ def test_random_apply_probability():
     tf.random.set_seed(10)
     x = tf.zeros([])
     for p in (0.0, 0.3, 1.0):
-        hits = sample(lambda: data_util.random_apply(lambda v: v + 1.0, p, x),
+        hits = sample(lambda: data_util.random_apply(lambda v, _: v + 1.0, p, x),
                       1000)
         if p in (0.0, 1.0):
             assert hits.sum() == 1000 * p
@@ -540,3 +540,73 @@ def test_preprocess_image_in_dataset_map():
         im, 16, 16, is_training=True)).batch(4))).numpy()
     assert out.shape == (4, 16, 16, 3)
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+# --------------------------------------------------------------------------
+# Seeds and the batched colour distortion of the input pipeline.
+# --------------------------------------------------------------------------
+def test_a_view_is_a_function_of_its_seed():
+    image = tf.constant(np.random.default_rng(20).uniform(size=(12, 12, 3)), tf.float32)
+
+    def view(seed):
+        return data_util.preprocess_for_train(image, 8, 8, color_jitter_strength=1.0,
+                                              seed=tf.constant(seed, tf.int64)).numpy()
+
+    np.testing.assert_array_equal(view([3, 4]), view([3, 4]))
+    assert not np.allclose(view([3, 4]), view([3, 5]))
+
+
+def test_zero_colour_strength_skips_jitter_and_grayscale():
+    """As the original: strength 0 distorts no colour, grayscale included,
+    so without crop and flip every view is the image itself."""
+    image = tf.constant(np.random.default_rng(21).uniform(size=(6, 6, 3)), tf.float32)
+    for s in range(40):
+        out = data_util.preprocess_for_train(image, 6, 6, color_jitter_strength=0.0, crop=False,
+                                             flip=False, seed=tf.constant([s, 0], tf.int64))
+        np.testing.assert_array_equal(out.numpy(), image.numpy())
+
+
+def reference_jitter(image, factors, order, jitter, grayscale):
+    """One example through TensorFlow's own per-image ops, in its order."""
+    ops = (lambda x: x * factors["brightness"],
+           lambda x: tf.image.adjust_contrast(x, factors["contrast"]),
+           lambda x: tf.image.adjust_saturation(x, factors["saturation"]),
+           lambda x: tf.image.adjust_hue(x, factors["hue"]))
+    if jitter:
+        for k in order:
+            image = tf.clip_by_value(ops[k](image), 0.0, 1.0)
+    if grayscale:
+        image = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+    return image.numpy()
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_batch_color_jitter_applies_each_examples_draws_in_its_order(strength):
+    images = np.random.default_rng(22).uniform(size=(24, 5, 5, 3)).astype(np.float32)
+    seed = tf.constant([7, 1], tf.int64)
+    out = data_util.batch_random_color_jitter(tf.constant(images), strength, seed).numpy()
+    factors, order, jitter, grayscale = data_util.batch_color_jitter_draws(24, strength, seed)
+    factors = {k: v.numpy() for k, v in factors.items()}
+    assert len({tuple(o) for o in order.numpy()}) > 4  # the orders differ
+    for i in range(24):
+        expected = reference_jitter(tf.constant(images[i]), {k: v[i] for k, v in factors.items()},
+                                    order.numpy()[i], bool(jitter[i]), bool(grayscale[i]))
+        np.testing.assert_allclose(out[i], expected, rtol=1e-5, atol=2e-5, err_msg=str(i))
+
+
+def test_batch_color_jitter_draws_follow_the_simclr_law():
+    strength = 0.5
+    factors, order, jitter, grayscale = data_util.batch_color_jitter_draws(
+        20000, strength, tf.constant([8, 2], tf.int64))
+    for name in ("brightness", "contrast", "saturation"):
+        values = factors[name].numpy()
+        assert values.min() >= 1 - 0.8 * strength and values.max() <= 1 + 0.8 * strength
+        assert values.mean() == pytest.approx(1.0, abs=0.01)
+    hue = factors["hue"].numpy()
+    assert hue.min() >= -0.2 * strength and hue.max() <= 0.2 * strength
+    assert np.mean(jitter.numpy()) == pytest.approx(0.8, abs=0.01)
+    assert np.mean(grayscale.numpy()) == pytest.approx(0.2, abs=0.01)
+    orders = order.numpy()
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders[:100])
+    # Each op is first in a quarter of the examples.
+    np.testing.assert_allclose(np.bincount(orders[:, 0], minlength=4) / 20000, 0.25, atol=0.015)

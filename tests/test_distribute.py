@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoint
+import configs
 import objective
-import run
+import train_lib
+import trainer_tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -29,20 +32,23 @@ IMAGE_SIZE = 8
 
 
 def tiny_config(loss="ntxent", **overrides):
-    """A small but complete configuration: ResNet-18 at 1/8 width, LARS with
-    weight decay, the online probe on batch-normalised features of the clean
-    view with its own weight decay, synchronized batch norm."""
-    cfg = dict(
-        loss=loss, image_size=IMAGE_SIZE, train_mode="pretrain", resnet_depth=18,
-        width_multiplier=0.125, sk_ratio=0.0, se_ratio=0.0, batch_norm_decay=0.9, global_bn=True,
-        fine_tune_after_block=-1, proj_head_mode="nonlinear", proj_out_dim=16, num_proj_layers=2,
-        ft_proj_selector=0, lineareval_while_pretraining=True, optimizer="lars", momentum=0.9,
-        weight_decay=1e-4, learning_rate=0.3, learning_rate_scaling="linear", warmup_epochs=0,
-        train_batch_size=GLOBAL_BATCH, train_steps=3, train_epochs=1, temperature=0.2, seed=0,
-        probe_batch_norm=True, probe_learning_rate=0.0, probe_weight_decay=1e-3,
-        probe_view="clean")
-    cfg.update(overrides)
-    return types.SimpleNamespace(**cfg)
+    """A small but complete configuration, resolved as run.py resolves it:
+    ResNet-18 at 1/8 width, LARS with weight decay, the online probe on
+    batch-normalised features of the clean view with its own weight decay,
+    synchronized batch norm, and the loss at a temperature other than its
+    default."""
+    flags = dict(
+        loss=loss, image_size=IMAGE_SIZE, resnet_depth=18, width_multiplier=0.125,
+        sk_ratio=0.0, global_bn=True, proj_out_dim=16, num_proj_layers=2, optimizer="lars",
+        weight_decay=1e-4, learning_rate=0.3, warmup_epochs=0, train_batch_size=GLOBAL_BATCH,
+        eval_batch_size=GLOBAL_BATCH, train_steps=3, seed=0, probe_batch_norm=True,
+        probe_learning_rate=0.0, probe_weight_decay=1e-3, probe_view="clean",
+        model_dir="unused")
+    if "temperature" in objective.LOSS_PARAMS[loss]:
+        flags["temperature"] = 0.2
+    flags.update(overrides)
+    cfg, _ = configs.resolve(**flags)
+    return cfg
 
 
 def global_batch(seed=0):
@@ -54,38 +60,36 @@ def global_batch(seed=0):
 
 
 def build(cfg, strategy, weights=None):
+    """A built trainer_tf.Trainer of `cfg` under `strategy`."""
     keras.utils.set_random_seed(cfg.seed)
-    model, optimizer, _, _, _ = run.build_all(cfg, strategy, num_classes=10, num_train_examples=64)
+    trainer = trainer_tf.Trainer(cfg, strategy).build(num_classes=10, num_train_examples=64)
     if weights is not None:
-        model.set_weights(weights)
-    return model, optimizer
+        trainer.model.set_weights(weights)
+    return trainer
 
 
-def gradients_on(strategy, cfg, model, optimizer, features, labels):
-    """(global loss logs, summed gradients) of one TrainStep of `model`,
-    built under `strategy`."""
-    step = run.TrainStep(model, optimizer, cfg, run_loss_params(cfg), strategy.num_replicas_in_sync)
-    replicas = strategy.num_replicas_in_sync
-    local = GLOBAL_BATCH // replicas
+def shard(strategy, array):
+    """Replica r of `strategy` gets rows r·n .. (r+1)·n − 1 of `array`."""
+    local = GLOBAL_BATCH // strategy.num_replicas_in_sync
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: array[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
 
-    def shard(array):
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: array[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
+
+def gradients_on(trainer, features, labels):
+    """(global loss logs, summed gradients) of one training forward and
+    backward pass of `trainer` on the global batch."""
+    strategy = trainer.strategy
 
     @tf.function
     def compute(features, labels):
-        grads, logs = strategy.run(step.gradients, (features, labels))
+        grads, logs = strategy.run(trainer.gradients, (features, labels))
         grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
         logs = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
         return grads, logs
 
-    grads, logs = compute(shard(features), shard(labels))
-    names = [v.path for v in model.trainable_variables]
+    grads, logs = compute(shard(strategy, features), shard(strategy, labels))
+    names = [v.path for v in trainer.model.trainable_variables]
     return {k: float(v) for k, v in logs.items()}, dict(zip(names, [np.asarray(g) for g in grads]))
-
-
-def run_loss_params(cfg):
-    return run.resolve_loss_params(cfg, present=set())
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +107,15 @@ def moving_statistics(model):
 @pytest.fixture(scope="module")
 def ntxent_on_both(strategies):
     """{strategy: (logs, gradients, moving BN statistics)} of one NT-Xent
-    TrainStep forward/backward pass on the same weights and global batch."""
+    training pass on the same weights and global batch."""
     cfg = tiny_config("ntxent")
     features, labels = global_batch()
-    weights = build(cfg, strategies[0])[0].get_weights()
+    weights = build(cfg, strategies[0]).model.get_weights()
     results = []
     for strategy in strategies:
-        model, optimizer = build(cfg, strategy, weights)
-        logs, grads = gradients_on(strategy, cfg, model, optimizer, features, labels)
-        results.append((logs, grads, moving_statistics(model)))
+        trainer = build(cfg, strategy, weights)
+        logs, grads = gradients_on(trainer, features, labels)
+        results.append((logs, grads, moving_statistics(trainer.model)))
     return results
 
 
@@ -151,6 +155,50 @@ def test_batch_norm_statistics_are_global(ntxent_on_both):
         np.testing.assert_allclose(stats_2[name], stats_1[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_probe_optimizer_steps_match_on_two_replicas(strategies):
+    """Two optimizer steps with the probe's own optimizer (--probe_learning_rate)
+    next to the main one: every variable, slot and step count ends equal on
+    two replicas and on one device, and the probe did move."""
+    cfg = tiny_config("ntxent", probe_learning_rate=1.0, optimizer="momentum")
+    first = build(cfg, strategies[0])
+    initial = first.model.get_weights()
+    start = {v.path: np.asarray(v) for v in first.model.variables}
+    finals = []
+    for strategy in strategies:
+        trainer = build(cfg, strategy, initial)
+        assert trainer.probe_optimizer is not None
+
+        @tf.function
+        def step(features, labels):
+            strategy.run(trainer.train_step, (features, labels))
+
+        for seed in range(2):
+            features, labels = global_batch(seed)
+            step(shard(strategy, features), shard(strategy, labels))
+        groups = checkpoint.variable_groups(trainer.model, trainer.optimizers)
+        finals.append({f"{g}/{k}": np.asarray(v) for g, group in groups.items()
+                       for k, v in group.items()})
+        paths = [v.path for v in trainer.model.variables]
+    single, mirrored = finals
+    assert single.keys() == mirrored.keys()
+    # The probe's variables and slots each to 1e-4 of their norm, the whole
+    # state to 1e-5 of its norm: two steps carry the float32 summation-order
+    # differences of the gradients (see above) into the weights, while a
+    # probe step that missed a replica's rows or its 1/R moves the probe by
+    # O(1).
+    def error(key):
+        return np.linalg.norm(np.asarray(mirrored[key], np.float64) - single[key])
+
+    for key in single:
+        if "head_supervised" in key or key.startswith("probe_optimizer/"):
+            assert error(key) <= 1e-4 * np.linalg.norm(single[key]) + 1e-7, (key, error(key))
+    total = np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in single.values()))
+    assert np.sqrt(sum(error(k) ** 2 for k in single)) <= 1e-5 * total
+    assert single["optimizer/iteration"] == single["probe_optimizer/iteration"] == 2
+    probe_kernel = [p for p in paths if "head_supervised" in p and p.endswith("kernel")]
+    assert probe_kernel and not np.allclose(single[f"model/{probe_kernel[0]}"], start[probe_kernel[0]])
+
+
 LOSS_CASES = [(loss, None) for loss in objective.LOSSES] + [
     ("swd", "uniform_hypercube"), ("swd", "normal")]
 
@@ -158,7 +206,7 @@ LOSS_CASES = [(loss, None) for loss in objective.LOSSES] + [
 @pytest.mark.parametrize("loss,prior", LOSS_CASES,
                          ids=[loss + (f"-{prior}" if prior else "") for loss, prior in LOSS_CASES])
 def test_every_loss_mirrored_matches_single_device(strategies, loss, prior):
-    """TrainStep.contrastive, the trainer's loss wiring (flags resolved as
+    """Objective.contrastive, the trainer's loss wiring (flags resolved as
     run.py resolves them, negatives gathered across replicas, SWD noise shared
     by the replicas), on projections z = tanh(x W): same loss and same
     gradient of W on 2 replicas as on one device."""
@@ -173,15 +221,17 @@ def test_every_loss_mirrored_matches_single_device(strategies, loss, prior):
         local = GLOBAL_BATCH // replicas
         with strategy.scope():
             w = tf.Variable(w0)
-        step = run.TrainStep(None, types.SimpleNamespace(iterations=tf.Variable(5, dtype=tf.int64)),
-                             cfg, run_loss_params(cfg), replicas)
+        trainer = trainer_tf.Trainer(cfg, strategy)
+        objective_fn = train_lib.Objective(None, cfg, gather=trainer_tf.cross_replica_gather,
+                                           normal_noise=trainer.normal_noise,
+                                           num_replicas=replicas)
 
         def replica_fn():
             i = tf.distribute.get_replica_context().replica_id_in_sync_group
             x = tf.gather(tf.constant(views), tf.range(i * local, (i + 1) * local))
             with tf.GradientTape() as tape:
                 z = tf.tanh(tf.concat([x[:, 0], x[:, 1]], axis=0) @ w)  # first views, then second
-                loss_value, _ = step.contrastive(z)
+                loss_value, _ = objective_fn.contrastive(z, tf.constant(5, tf.int64))
                 scaled = loss_value / replicas
             return loss_value, tape.gradient(scaled, w)
 

@@ -9,10 +9,11 @@ import copy
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 
+from backend import BACKEND
+from backend import tensorflow_only
 from lars_optimizer import EETA_DEFAULT, LARSOptimizer
 
 SHAPES = {
@@ -49,7 +50,7 @@ def make_variables(values):
 
 
 def to_numpy(x):
-    return tf.convert_to_tensor(x).numpy()
+    return keras.ops.convert_to_numpy(x)
 
 
 def random_values(rng):
@@ -102,7 +103,7 @@ def run_steps(optimizer, variables, gradients, step_fn=None):
     """Applies each step's gradients; optionally through `step_fn`."""
     optimizer.build(variables)
     for grads in gradients:
-        grads = [tf.constant(g, tf.float32) for g in grads]
+        grads = [keras.ops.convert_to_tensor(np.asarray(g, np.float32)) for g in grads]
         if step_fn is None:
             optimizer.apply_gradients(zip(grads, variables))
         else:
@@ -236,11 +237,20 @@ def test_learning_rate_schedule(classic):
 @pytest.fixture
 def check_numerics():
     """Makes TensorFlow raise on any NaN or Inf produced by any op."""
-    tf.debugging.enable_check_numerics()
-    try:
-        yield
-    finally:
-        tf.debugging.disable_check_numerics()
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+        tf.debugging.enable_check_numerics()
+        try:
+            yield
+        finally:
+            tf.debugging.disable_check_numerics()
+    else:
+        import jax
+        jax.config.update("jax_debug_nans", True)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_debug_nans", False)
 
 
 @pytest.mark.parametrize("classic", [True, False])
@@ -285,8 +295,10 @@ def test_zero_gradient_gives_no_nan(classic, nesterov, check_numerics):
     np.testing.assert_array_equal(to_numpy(z), zero)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("classic,nesterov", [(True, False), (False, True)])
 def test_inside_tf_function(classic, nesterov):
+    import tensorflow as tf
     rng = np.random.default_rng(6)
     values = random_values(rng)
     grads = random_gradients(rng, steps=3)
@@ -310,7 +322,9 @@ def test_inside_tf_function(classic, nesterov):
     assert int(to_numpy(optimizer.iterations)) == 3
 
 
+@tensorflow_only
 def test_mirrored_strategy_sums_replica_gradients(mirrored_strategy):
+    import tensorflow as tf
     strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2, "tests/conftest.py should create 2 CPUs"
     rng = np.random.default_rng(7)
@@ -374,12 +388,14 @@ def small_model():
 
 def train(model, optimizer, rng, steps):
     for _ in range(steps):
-        grads = [tf.constant(rng.standard_normal(v.shape), tf.float32)
+        grads = [keras.ops.convert_to_tensor(rng.standard_normal(v.shape).astype(np.float32))
                  for v in model.trainable_variables]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
 
+@tensorflow_only
 def test_checkpoint_round_trip(tmp_path):
+    import tensorflow as tf
     rng = np.random.default_rng(8)
     model = small_model()
     kwargs = dict(momentum=0.9, weight_decay=1e-4,

@@ -1,18 +1,21 @@
-"""End-to-end tests of the trainer `run.py` on the embedded digits data.
+"""End-to-end tests of the trainer `run.py` (TensorFlow backend) on the
+embedded digits data and on generated image folders.
 
 Runs are tiny (8×8 views, ResNet-18 at 1/8 width, batch 32, 2–4 steps) and
 happen in-process through `run.parse_flags` + `run.run_main`, bad flags
-included (stderr read at the file descriptor). Three bad-flag cases also run
-`python run.py` as a fresh subprocess, with TF_CPP_MIN_LOG_LEVEL removed from
-its environment so that TensorFlow's native start-up lines would show.
+included (stderr read at the file descriptor). A few cases run `python
+run.py` as a fresh subprocess, with TF_CPP_MIN_LOG_LEVEL removed from its
+environment so that TensorFlow's native start-up lines would show.
 
 What is checked against what:
 - outputs against the files TensorFlow itself reads back (checkpoints through
-  `tf.train.load_checkpoint`, summaries through the event files);
-- the raw-pixel baseline against a scikit-learn fit computed here;
-- resume and fine-tuning against the saved tensors, bit for bit, every saved
-  value matched to its live variable by walking the checkpoint's object graph
-  alongside the live objects.
+  `tf.train.load_checkpoint` and their object graph, summaries through the
+  event files);
+- the probe's accuracy against logits computed here from the checkpoint, the
+  raw-pixel baseline against a scikit-learn fit computed here;
+- resume and fine-tuning against the saved tensors, bit for bit;
+- what reaches the loss against the flags, by recording the arguments of
+  `objective.compute_loss`.
 """
 import glob
 import json
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,8 +34,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+import checkpoint as checkpoint_lib
+import config
+import configs
 import datasets
+import objective
 import run
+import train_lib
+import trainer_tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,65 +104,71 @@ def ckpt_numbers(model_dir):
                   for p in glob.glob(os.path.join(model_dir, "ckpt-*.index")))
 
 
+class Recorder:
+    """Wraps objective.compute_loss and keeps the loss's name and plain
+    (non-tensor) keyword arguments of every call, at trace time."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = objective.compute_loss
+
+        def compute_loss(name, z1, z2, **kwargs):
+            plain = {k: v for k, v in kwargs.items()
+                     if v is None or isinstance(v, (bool, int, float, str))}
+            self.calls.append(dict(plain, name=name))
+            return original(name, z1, z2, **kwargs)
+
+        monkeypatch.setattr(objective, "compute_loss", compute_loss)
+
+
 # ---------------------------------------------------------------------------
 # Reading checkpoints variable by variable.
 # ---------------------------------------------------------------------------
 def rebuild(model_dir, **flags):
-    """Model, optimizer, checkpoint and manager built the way `run.main` builds
-    them for this command line (nothing restored yet)."""
-    run.FLAGS.unparse_flags()
-    run.parse_flags(command_line(model_dir, **flags))
-    run.apply_preset()
-    cfg = run.FLAGS
-    source = datasets.get_dataset(cfg.dataset, cfg.data_dir)
-    strategy = run.get_strategy(cfg)
-    model, optimizer, _, _, probe_optimizer = run.build_all(
-        cfg, strategy, source.num_classes, source.num_examples(cfg.train_split))
-    checkpoint = run.training_checkpoint(model, optimizer, probe_optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir,
-                                         max_to_keep=cfg.keep_checkpoint_max)
-    return cfg, model, optimizer, checkpoint, manager
+    """(cfg, trainer, checkpointer) built the way `run.main` builds them for
+    this command line (nothing restored yet)."""
+    cfg, source = configs.resolve(**dict(TINY, model_dir=str(model_dir), **flags))
+    keras.utils.set_random_seed(cfg.seed)
+    trainer = trainer_tf.Trainer(cfg).build(source.num_classes,
+                                            source.num_examples(cfg.train_split))
+    checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers,
+                                               cfg.model_dir, cfg.keep_checkpoint_max)
+    return cfg, trainer, checkpointer
 
 
-def saved_values(prefix, root, variables):
-    """{variable.path: value saved at `prefix`} for those of `variables` that
-    the checkpoint holds.
-
-    The checkpoint's object graph is walked together with the live object
-    graph of `root` (a `tf.train.Checkpoint` of the same structure), which
-    pairs each saved tensor with the live variable it was saved from.
-    """
+def saved_groups(prefix):
+    """{group: {key: saved value}} of a checkpoint, read through its object
+    graph: the root's children are the groups, a group's children the
+    variables by key."""
     reader = tf.train.load_checkpoint(prefix)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    key_of = {}
-    stack, seen = [(0, root)], set()
-    while stack:
-        node_id, obj = stack.pop()
-        if node_id in seen:
-            continue
-        seen.add(node_id)
-        node = graph.nodes[node_id]
-        for attribute in node.attributes:
-            if attribute.name == "VARIABLE_VALUE":
-                key_of[id(obj)] = attribute.checkpoint_key
-        live_children = tf.train.TrackableView.children(obj) if node.children else {}
-        for child in node.children:
-            # save_counter is created lazily, at the first save.
-            if child.local_name in live_children:
-                stack.append((child.node_id, live_children[child.local_name]))
-    values = {}
-    for variable in variables:
-        key = key_of.get(id(variable)) or key_of.get(id(getattr(variable, "value", None)))
-        if key is not None:
-            values[variable.path] = reader.get_tensor(key)
-    return values
+    groups = {}
+    for group in graph.nodes[0].children:
+        for child in graph.nodes[group.node_id].children:
+            for attribute in graph.nodes[child.node_id].attributes:
+                if attribute.name == "VARIABLE_VALUE":
+                    groups.setdefault(group.local_name, {})[child.local_name] = \
+                        reader.get_tensor(attribute.checkpoint_key)
+    return groups
 
 
 def assert_bitwise_equal(actual, expected, what):
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
     assert actual.tobytes() == expected.tobytes(), what
+
+
+def probe_accuracy_from_checkpoint(model_dir, **flags):
+    """Top-1 of the supervised head on the digits test split, computed here:
+    the newest checkpoint restored into a freshly built model, the 8×8 test
+    images as RGB in [0, 1] (the eval view at image_size 8 is the image)."""
+    _, trainer, checkpointer = rebuild(model_dir, **flags)
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    images, labels = datasets.get_dataset("digits").as_numpy("test")
+    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    _, logits = trainer.model(rgb, training=False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == labels))
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +184,8 @@ BAD_FLAGS = {
     "unknown_flag": (["--no_such_flag=1"], ["no_such_flag"]),
     "prior_without_swd": (["--prior=normal"], ["prior", "ntxent", "swd"]),
     "kcl_t_without_kcl": (["--kcl_t=3", "--loss=ntxent"], ["kcl_t", "ntxent", "kcl"]),
+    "kcl_t_negative_gaussian": (["--loss=kcl", "--kcl_t=-1"], ["kcl_t", "> 0", "riesz"]),
+    "kcl_t_zero_riesz": (["--loss=kcl", "--kcl_kernel=riesz", "--kcl_t=0"], ["kcl_t", "riesz", "!= 0"]),
     "tfds_not_prepared": (["--dataset=mnist", "--data_dir={empty}"], ["mnist", "data_dir"]),
     "unknown_dataset": (["--dataset=no_such_dataset"], ["dataset", "no_such_dataset", "digits"]),
     "unknown_split": (["--eval_split=nope"], ["eval_split", "nope", "train", "test"]),
@@ -179,6 +197,8 @@ BAD_FLAGS = {
                                  ["probe_view", "pretrain", "lineareval_while_pretraining"]),
     "probe_view_unknown": (["--probe_view=blurry"], ["probe_view", "augmented", "clean"]),
     "probe_weight_decay_negative": (["--probe_weight_decay=-1"], ["probe_weight_decay", "0"]),
+    "checkpoint_missing": (["--train_mode=finetune", "--checkpoint={empty}/ckpt-3"],
+                           ["checkpoint", "ckpt-3", "prefix"]),
 }
 
 
@@ -199,19 +219,24 @@ def bad_flag_argv(case, base):
     return command_line(model_dir) + [arg.format(empty=empty) for arg in extra], model_dir, empty
 
 
+def run_expecting_exit(argv, capfd, status=2):
+    """stderr of an in-process run of `argv` that must exit with `status`."""
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run.FLAGS.unparse_flags()
+        run.parse_flags(argv)
+        run.run_main(["run.py"])
+    assert exit_info.value.code == status
+    return capfd.readouterr().err
+
+
 @pytest.mark.parametrize("case", list(BAD_FLAGS))
 def test_bad_flag_is_one_line_and_exit_status_2(case, tmp_path, capfd):
     """In-process, through the same parse_flags + run_main pair that
     `python run.py` runs; capfd reads file descriptor 2, so native TensorFlow
     lines would count too."""
     argv, model_dir, empty = bad_flag_argv(case, tmp_path)
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run.FLAGS.unparse_flags()
-        run.parse_flags(argv)
-        run.run_main(["run.py"])
-    assert exit_info.value.code == 2
-    assert_one_line_error(capfd.readouterr().err, BAD_FLAGS[case][1])
+    assert_one_line_error(run_expecting_exit(argv, capfd), BAD_FLAGS[case][1])
     assert not model_dir.exists()
     assert list(empty.iterdir()) == []
 
@@ -222,23 +247,39 @@ def test_bad_flag_is_one_line_and_exit_status_2(case, tmp_path, capfd):
 COMMAND_LINE_CASES = ["unknown_flag", "tfds_not_prepared", "eval_without_checkpoint"]
 
 
-@pytest.mark.parametrize("case", COMMAND_LINE_CASES)
-def test_bad_flag_from_a_fresh_process(case, tmp_path):
+def fresh_env(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, TFDS_DATA_DIR=str(tmp_path / "tfds_default"))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+@pytest.mark.parametrize("case", COMMAND_LINE_CASES)
+def test_bad_flag_from_a_fresh_process(case, tmp_path):
     argv, model_dir, empty = bad_flag_argv(case, tmp_path)
-    proc = subprocess.run([sys.executable] + argv, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable] + argv, cwd=ROOT, env=fresh_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert_one_line_error(proc.stderr, BAD_FLAGS[case][1])
     assert not model_dir.exists()
     assert list(empty.iterdir()) == []
 
 
+def test_help_exits_0_and_shows_what_a_bare_run_uses(tmp_path):
+    proc = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, env=fresh_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    help_text = proc.stdout
+    preset = datasets.get_dataset("digits").preset()
+    for name in ("image_size", "temperature", "optimizer"):
+        block = help_text[help_text.index(f"--{name}:"):]
+        block = block[:block.index("\n  --")]
+        assert f"[bare run: {preset[name]}, digits preset]" in " ".join(block.split()), block
+
+
 def test_batch_not_divisible_by_replicas(mirrored_strategy, monkeypatch, capsys, tmp_path):
     # mirrored_strategy (tests/conftest.py) spans the two logical CPUs.
     assert mirrored_strategy.num_replicas_in_sync == 2
-    monkeypatch.setattr(run, "get_strategy", lambda cfg: mirrored_strategy)
+    monkeypatch.setattr(trainer_tf, "get_strategy", lambda cfg: mirrored_strategy)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         train(tmp_path / "model", train_batch_size=33)
@@ -251,13 +292,14 @@ def test_batch_not_divisible_by_replicas(mirrored_strategy, monkeypatch, capsys,
 # 2. What a full run writes.
 # ---------------------------------------------------------------------------
 FULL_RUN_STEPS = 4
+FULL_RUN = dict(mode="train_then_eval", train_steps=FULL_RUN_STEPS, checkpoint_steps=2,
+                log_every_steps=1, keep_checkpoint_max=1, compute_baselines=True)
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("full_run") / "model"
-    result = train(model_dir, mode="train_then_eval", train_steps=FULL_RUN_STEPS,
-                   keep_checkpoint_max=2, compute_baselines=True)
+    result = train(model_dir, **FULL_RUN)
     return model_dir, result
 
 
@@ -265,35 +307,46 @@ def test_full_run_writes_checkpoints_summaries_flags_and_result(full_run):
     model_dir, result = full_run
     assert (model_dir / "checkpoint").is_file()
     assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{FULL_RUN_STEPS}")
-    assert glob.glob(str(model_dir / "events.out.tfevents.*"))
     assert glob.glob(str(model_dir / "eval" / "events.out.tfevents.*"))
-
-    saved_flags = read_json(model_dir / "flags.json")
-    assert saved_flags["resnet_depth"] == 18 and saved_flags["image_size"] == 8
-    assert saved_flags["train_steps"] == FULL_RUN_STEPS
-
     assert result == read_json(model_dir / f"result_{FULL_RUN_STEPS}.json")
-    assert result["global_step"] == FULL_RUN_STEPS
-    assert 0.0 <= result["probe_top1"] <= 1.0
+    assert result["global_step"] == FULL_RUN_STEPS and result["backend"] == "tensorflow"
     assert result["eval/label_top_1_accuracy"] == result["probe_top1"]
-    assert result["eval/label_top_1_accuracy"] <= result["eval/label_top_5_accuracy"] <= 1.0
     # The eval summary says the same as result.json.
-    logged = scalars(model_dir / "eval")
-    [(step, top1)] = logged["eval/label_top_1_accuracy"]
+    [(step, top1)] = scalars(model_dir / "eval")["eval/label_top_1_accuracy"]
     assert step == FULL_RUN_STEPS and top1 == pytest.approx(result["probe_top1"], abs=1e-6)
-    assert_training_metrics_finite(model_dir, list(range(1, FULL_RUN_STEPS + 1)))
 
 
-def test_keep_checkpoint_max_keeps_the_newest(full_run):
+def test_summaries_follow_log_every_steps_not_checkpoints(full_run):
+    """log_every_steps=1 with checkpoints every 2 steps: scalars at every
+    step, checkpoints at 2 and 4 only (1 kept)."""
     model_dir, _ = full_run
-    assert ckpt_numbers(model_dir) == [FULL_RUN_STEPS - 1, FULL_RUN_STEPS]
+    assert_training_metrics_finite(model_dir, list(range(1, FULL_RUN_STEPS + 1)))
+    assert [step for step, _ in scalars(model_dir)["learning_rate"]] == [1, 2, 3, 4]
+    assert ckpt_numbers(model_dir) == [FULL_RUN_STEPS]
 
 
-def test_baselines_match_an_independent_logistic_regression(full_run):
+def test_flags_json_holds_the_project_flags_as_trained(full_run):
+    """Only run.py's own flags (no absl flags), with the preset's
+    temperature recorded as the loss's, unused loss flags as null."""
+    model_dir, _ = full_run
+    saved = read_json(model_dir / "flags.json")
+    assert set(saved) == set(run.PROJECT_FLAG_NAMES)
+    assert "verbosity" not in saved and "logtostderr" not in saved
+    assert saved["resnet_depth"] == 18 and saved["image_size"] == 8
+    assert saved["train_steps"] == FULL_RUN_STEPS
+    assert saved["temperature"] == datasets.get_dataset("digits").preset()["temperature"]
+    assert saved["kcl_t"] is None and saved["prior"] is None
+
+
+def test_probe_top1_is_the_accuracy_of_the_saved_probe(full_run):
+    model_dir, result = full_run
+    expected = probe_accuracy_from_checkpoint(model_dir, **FULL_RUN)
+    assert result["probe_top1"] == pytest.approx(expected, abs=1.5 / 500)
+
+
+def test_raw_pixel_baseline_matches_an_independent_logistic_regression(full_run):
     model_dir, result = full_run
     saved_flags = read_json(model_dir / "flags.json")
-    for key in ("raw_pixel_top1", "random_encoder_top1", "encoder_logreg_top1"):
-        assert 0.0 <= result[key] <= 1.0, key
     source = datasets.get_dataset("digits")
     x_train, y_train = source.as_numpy(saved_flags["train_split"])
     x_test, y_test = source.as_numpy(saved_flags["eval_split"])
@@ -303,8 +356,83 @@ def test_baselines_match_an_independent_logistic_regression(full_run):
     assert result["raw_pixel_top1"] == pytest.approx(classifier.score(pixels(x_test), y_test), abs=1e-12)
 
 
+def test_eval_mode_takes_the_record_and_keeps_it(full_run, capfd):
+    """--mode=eval with no model flags evaluates the run as trained (the
+    record's 8×8 views, not the digits preset's 16), leaves flags.json as it
+    was, and refuses a contradicting model flag in one line."""
+    model_dir, result = full_run
+    cfg, _ = configs.resolve(mode="eval", model_dir=str(model_dir))
+    saved = read_json(model_dir / "flags.json")
+    for name in ("image_size", "width_multiplier", "proj_out_dim", "train_steps", "temperature"):
+        assert getattr(cfg, name) == saved[name], name
+    before = (model_dir / "flags.json").read_bytes()
+    run.FLAGS.unparse_flags()
+    run.parse_flags(["run.py", "--mode=eval", f"--model_dir={model_dir}"])
+    run.run_main(["run.py"])
+    assert (model_dir / "flags.json").read_bytes() == before
+    assert read_json(model_dir / "result.json")["probe_top1"] == result["probe_top1"]
+    err = run_expecting_exit(["run.py", "--mode=eval", f"--model_dir={model_dir}",
+                              "--image_size=16"], capfd)
+    assert_one_line_error(err, ["--image_size=16", "--image_size=8", str(model_dir)])
+
+
 # ---------------------------------------------------------------------------
-# 3. Resume is exact; 5. fine-tuning from a pretrained directory.
+# 3. What reaches the loss.
+# ---------------------------------------------------------------------------
+def test_preset_temperature_reaches_the_loss(tmp_path, monkeypatch):
+    """A bare digits run trains NT-Xent at the preset's τ (not the loss's own
+    default), with the parameters passing --temperature explicitly gives."""
+    recorder = Recorder(monkeypatch)
+    preset = datasets.get_dataset("digits").preset()["temperature"]
+    assert preset != objective.LOSS_PARAMS["ntxent"]["temperature"]
+    train(tmp_path / "bare", mode="train", train_steps=1)
+    [call] = recorder.calls
+    assert call["temperature"] == preset
+    explicit, _ = configs.resolve(**dict(TINY, temperature=preset, model_dir=str(tmp_path / "x")))
+    assert {k: call[k] for k in explicit.loss_params} == explicit.loss_params
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (dict(loss="swd", prior="uniform_hypercube", lambda_weight=0.5),
+     dict(prior="uniform_hypercube", lambda_weight=0.5, hidden_norm=False, scale=1.0)),
+    (dict(loss="kcl", kcl_kernel="log", kcl_t=1.5),
+     dict(kernel="log", t=1.5, gamma=16.0)),
+], ids=["swd-uniform_hypercube", "kcl-log"])
+def test_loss_flags_reach_the_loss_and_the_record(tmp_path, monkeypatch, flags, expected):
+    recorder = Recorder(monkeypatch)
+    train(tmp_path / "model", mode="train", **flags)
+    assert ckpt_numbers(tmp_path / "model") == [1, 2]
+    assert_training_metrics_finite(tmp_path / "model", [1, 2])
+    [call] = {json.dumps(c, sort_keys=True) for c in recorder.calls}
+    call = json.loads(call)
+    assert call["name"] == flags["loss"]
+    assert {k: call[k] for k in expected} == expected
+    saved = read_json(tmp_path / "model" / "flags.json")
+    assert all(saved[k] == v for k, v in flags.items())
+    if flags["loss"] == "swd":  # the hypercube prior trains unnormalised, and says so
+        assert saved["hidden_norm"] is False
+
+
+def test_simple_loss_records_the_lambda_it_used(tmp_path):
+    cfg, _ = configs.resolve(**dict(TINY, loss="simple", model_dir=str(tmp_path)))
+    batch = TINY["train_batch_size"]
+    assert cfg.lambda_weight == cfg.loss_params["lambda_weight"] == 1.0 / (2 * batch - 2)
+
+
+@pytest.mark.parametrize("flags", [
+    dict(proj_head_mode="linear", optimizer="momentum"),
+    dict(proj_head_mode="none", optimizer="adam"),
+], ids=["proj_linear-momentum", "proj_none-adam"])
+def test_variant_trains(tmp_path, flags):
+    train(tmp_path / "model", mode="train", **flags)
+    assert ckpt_numbers(tmp_path / "model") == [1, 2]
+    assert_training_metrics_finite(tmp_path / "model", [1, 2])
+    saved_flags = read_json(tmp_path / "model" / "flags.json")
+    assert all(saved_flags[k] == v for k, v in flags.items())
+
+
+# ---------------------------------------------------------------------------
+# 4. Resume, record checks, non-finite stops.
 # ---------------------------------------------------------------------------
 # warmup_epochs=0 so that the very first steps move the weights.
 PRETRAIN = dict(mode="train", warmup_epochs=0, keep_checkpoint_max=5)
@@ -323,19 +451,20 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     prefix = tf.train.latest_checkpoint(str(model_dir))
     assert prefix.endswith("ckpt-2")
 
-    cfg, model, optimizer, checkpoint, manager = rebuild(model_dir, **PRETRAIN)
-    run.restore(cfg, model, optimizer, manager)
-    optimizers = [o for o in (optimizer, getattr(checkpoint, "probe_optimizer", None)) if o is not None]
-    variables = model.variables + [v for o in optimizers for v in o.variables
-                                   if all(v is not w for w in model.variables)]
-    saved = saved_values(prefix, checkpoint, variables)
-    missing = [v.path for v in variables if v.path not in saved]
-    assert not missing, f"{len(missing)} variables are not in the checkpoint, e.g. {missing[:4]}"
-    for variable in variables:
-        assert_bitwise_equal(variable.numpy(), saved[variable.path], variable.path)
-    assert int(optimizer.iterations.numpy()) == 2
+    _, trainer, checkpointer = rebuild(model_dir, **PRETRAIN)
+    checkpointer.restore(prefix)
+    saved = saved_groups(prefix)
+    live = checkpoint_lib.variable_groups(trainer.model, trainer.optimizers)
+    assert set(saved) == set(live)
+    for group, variables in live.items():
+        missing = sorted(set(variables) - set(saved[group]))
+        assert not missing, f"{group}: {len(missing)} variables not saved, e.g. {missing[:3]}"
+        for key, variable in variables.items():
+            assert_bitwise_equal(variable.numpy(), saved[group][key], f"{group}/{key}")
+    assert len(live["model"]) == len(trainer.model.variables)
+    assert trainer.step == 2
     # The momenta were restored, not merely left at their zero start.
-    assert any(np.any(v.numpy() != 0) for v in optimizer.variables if "momentum" in v.path)
+    assert any(np.any(v != 0) for k, v in saved["optimizer"].items() if "momentum" in k)
 
     capsys.readouterr()
     result = train(model_dir, **dict(PRETRAIN, mode="train_then_eval", train_steps=4))
@@ -348,32 +477,85 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     assert_training_metrics_finite(model_dir, [1, 2, 3, 4])
 
 
+def test_rerun_with_another_loss_or_model_refuses(pretrained, tmp_path, capfd):
+    model_dir = tmp_path / "model"
+    shutil.copytree(pretrained, model_dir)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    for flag, words in (("--loss=dcl", ["--loss=ntxent", "--loss=dcl"]),
+                        ("--width_multiplier=0.25", ["width_multiplier", "0.125", "0.25"])):
+        argv = command_line(model_dir, **PRETRAIN, train_steps=4) + [flag]
+        err = run_expecting_exit(argv, capfd)
+        assert_one_line_error(err, words + [str(model_dir)])
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+
+
+def test_non_finite_loss_stops_before_anything_is_written(tmp_path, monkeypatch, capfd):
+    """A total loss that turns NaN at step 3: training stops with one line
+    naming steps 3-3 and the term, exit status 3; ckpt-2 stays the newest
+    checkpoint and no result is written."""
+    original = train_lib.Objective.__call__
+
+    def poisoned(self, features, labels, step):
+        total, logs = original(self, features, labels, step)
+        factor = keras.ops.where(keras.ops.greater_equal(step, 2), np.nan, 1.0)
+        logs["total_loss"] = total * factor
+        return total * factor, logs
+
+    monkeypatch.setattr(train_lib.Objective, "__call__", poisoned)
+    model_dir = tmp_path / "model"
+    argv = command_line(model_dir, mode="train_then_eval", train_steps=4, log_every_steps=1)
+    err = run_expecting_exit(argv, capfd, status=run.EXIT_NON_FINITE)
+    assert_one_line_error(err, ["non-finite", "total_loss", "steps 3-3", "ckpt-2"])
+    assert ckpt_numbers(model_dir) == [1, 2]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+    assert not (model_dir / "result.json").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capfd):
+    """Weights that turn infinite in the last step, after its (finite) loss
+    and gradients: the final checkpoint is not written, ckpt-2 stays the
+    newest, one line names the variables, exit status 3."""
+    original = trainer_tf.Trainer.train_step
+
+    def poisoned(self, features, labels):
+        logs = original(self, features, labels)
+        bias = self.model.supervised_head.trainable_variables[-1]
+        bias.assign(tf.where(self.optimizer.iterations >= 4, np.inf, bias))
+        return logs
+
+    monkeypatch.setattr(trainer_tf.Trainer, "train_step", poisoned)
+    model_dir = tmp_path / "model"
+    argv = command_line(model_dir, mode="train", train_steps=4, checkpoint_steps=2,
+                        log_every_steps=1)
+    err = run_expecting_exit(argv, capfd, status=run.EXIT_NON_FINITE)
+    assert_one_line_error(err, ["non-finite variables after step 4", "head_supervised", "ckpt-2"])
+    assert ckpt_numbers(model_dir) == [2]
+
+
 def test_probe_learning_rate_moves_the_probe_at_its_own_rate(tmp_path):
     """One plain SGD step (momentum 0, no warm-up, no weight decay) from the
     same weights: the probe's variables move by −η_probe·g, every other
     trainable variable by −η·g, with η = base·B/256 for both rates."""
     batch = TINY["train_batch_size"]
-    cfg, model, optimizer, checkpoint, _ = rebuild(
+    cfg, trainer, _ = rebuild(
         tmp_path, optimizer="momentum", momentum=0.0, warmup_epochs=0, weight_decay=0.0,
         learning_rate=0.1, probe_learning_rate=3.0)
-    probe_optimizer = checkpoint.probe_optimizer
-    source = datasets.get_dataset("digits")
-    images, labels = source.as_numpy("train")
+    model, optimizer, probe_optimizer = trainer.model, trainer.optimizer, trainer.probe_optimizer
+    images, labels = datasets.get_dataset("digits").as_numpy("train")
     images = np.repeat(images, 3 // images.shape[-1], axis=-1)  # grey digits as RGB
-    views = run.num_input_views(cfg)
+    views = train_lib.num_input_views(cfg)
     features = np.concatenate([images[k * batch:(k + 1) * batch] for k in range(views)], axis=-1)
     features = tf.image.resize(tf.cast(features, tf.float32) / 255.0, [cfg.image_size] * 2)
     labels = tf.constant(labels[:batch], tf.int32)
-    step = run.TrainStep(model, optimizer, cfg, {}, 1, probe_optimizer=probe_optimizer)
 
     state = [v.numpy() for v in model.non_trainable_variables]
-    grads, _ = step.gradients(features, labels)
+    grads, _ = trainer.gradients(features, labels)
     before = [v.numpy() for v in model.trainable_variables]
     # The step's own forward pass must start from the same batch-norm moving
     # statistics (the probe's clean view is encoded with them).
     for variable, value in zip(model.non_trainable_variables, state):
         variable.assign(value)
-    step(features, labels)
+    trainer.train_step(features, labels)
     probe = {id(v) for v in model.supervised_head.trainable_variables}
     assert len(probe) == 2
     for variable, g, old in zip(model.trainable_variables, grads, before):
@@ -383,28 +565,85 @@ def test_probe_learning_rate_moves_the_probe_at_its_own_rate(tmp_path):
     assert int(optimizer.iterations.numpy()) == int(probe_optimizer.iterations.numpy()) == 1
 
 
-def test_finetune_head_only_keeps_the_pretrained_encoder(pretrained, tmp_path):
-    finetune = dict(mode="train", train_mode="finetune", fine_tune_after_block=4,
-                    checkpoint=str(pretrained), warmup_epochs=0, learning_rate=1.0, seed=1)
-    model_dir = tmp_path / "model"
-    train(model_dir, **finetune)
-    assert ckpt_numbers(model_dir) == [1, 2]
+# ---------------------------------------------------------------------------
+# 5. Fine-tuning from a pretrained run.
+# ---------------------------------------------------------------------------
+FINETUNE = dict(mode="train", train_mode="finetune", fine_tune_after_block=4, warmup_epochs=0,
+                learning_rate=1.0, seed=1)
 
-    _, before_model, before_optimizer, before_root, _ = rebuild(pretrained, **PRETRAIN)
-    _, after_model, after_optimizer, after_root, _ = rebuild(model_dir, **finetune)
-    encoder = after_model.resnet_model.variables
-    assert any("moving_mean" in v.path for v in encoder)
-    before = saved_values(tf.train.latest_checkpoint(str(pretrained)), before_root,
-                          before_model.variables)
-    after = saved_values(tf.train.latest_checkpoint(str(model_dir)), after_root,
-                         after_model.variables)
-    for path in [v.path for v in encoder]:
-        assert path in before, f"{path} is not in the pretraining checkpoint"
-        assert path in after, f"{path} is not in the fine-tuning checkpoint"
+
+def test_finetune_head_only_keeps_the_pretrained_encoder(pretrained, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    capsys.readouterr()
+    train(model_dir, checkpoint=str(pretrained), **FINETUNE)
+    report = capsys.readouterr().out
+    assert ckpt_numbers(model_dir) == [1, 2]
+    _, after_trainer, _ = rebuild(model_dir, checkpoint=str(pretrained), **FINETUNE)
+    encoder = [v.path for v in after_trainer.model.resnet_model.variables]
+    assert any("moving_mean" in p for p in encoder)
+    assert f"encoder {len(encoder)}/{len(encoder)}" in report, report
+    before = saved_groups(tf.train.latest_checkpoint(str(pretrained)))["model"]
+    after = saved_groups(tf.train.latest_checkpoint(str(model_dir)))["model"]
+    for path in encoder:
+        assert path in before and path in after, path
         assert_bitwise_equal(after[path], before[path], path)
     # The linear head did train.
-    head = [v.path for v in after_model.supervised_head.variables]
+    head = [v.path for v in after_trainer.model.supervised_head.variables]
     assert any(np.any(after[p] != before[p]) for p in head)
+
+
+def test_finetune_takes_the_architecture_of_its_checkpoint(pretrained, tmp_path, capfd):
+    """Unset architecture flags come from the checkpoint's run; a
+    contradicting one is one line, exit 2."""
+    cfg, _ = configs.resolve(**dict(FINETUNE, checkpoint=str(pretrained),
+                                    model_dir=str(tmp_path / "a")))
+    saved = read_json(pretrained / "flags.json")
+    for name in config.ARCHITECTURE_FLAGS + ("image_size",):
+        assert getattr(cfg, name) == saved[name], name
+    argv = command_line(tmp_path / "b", checkpoint=str(pretrained), **FINETUNE) + ["--resnet_depth=34"]
+    assert_one_line_error(run_expecting_exit(argv, capfd),
+                          ["--resnet_depth=34", "--resnet_depth=18", str(pretrained)])
+
+
+def test_checkpoint_of_another_encoder_is_refused(pretrained, tmp_path, capfd):
+    """Without a record to read, a checkpoint whose encoder does not match
+    (another width) fails in one line naming a mismatched variable and its
+    shapes, before anything is trained."""
+    bare = tmp_path / "bare"
+    shutil.copytree(pretrained, bare)
+    (bare / "flags.json").unlink()
+    model_dir = tmp_path / "model"
+    argv = command_line(model_dir, checkpoint=str(bare), **FINETUNE) + ["--width_multiplier=0.25"]
+    err = run_expecting_exit(argv, capfd)
+    assert_one_line_error(err, ["does not hold this encoder", "in the checkpoint", "here"])
+    assert ckpt_numbers(model_dir) == []
+
+
+def test_finetune_on_other_classes_skips_the_head_and_says_so(pretrained, tmp_path, capsys):
+    """The pretrained 10-class probe does not fit a 2-class task: the encoder
+    is restored, the supervised head is skipped, and the report says which."""
+    write_folder(tmp_path / "images", size=8, per_class=20)
+    capsys.readouterr()
+    run.FLAGS.unparse_flags()
+    run.parse_flags(["run.py", "--dataset=image_folder", f"--data_dir={tmp_path / 'images'}",
+                     f"--model_dir={tmp_path / 'model'}", f"--checkpoint={pretrained}",
+                     "--train_mode=finetune", "--fine_tune_after_block=4", "--mode=train",
+                     "--train_steps=1", "--train_batch_size=32"])
+    run.run_main(["run.py"])
+    report = [line for line in capsys.readouterr().out.splitlines() if "initialised from" in line]
+    assert len(report) == 1, report
+    assert "supervised head 0/2" in report[0] and "head_supervised" in report[0], report[0]
+    assert ckpt_numbers(tmp_path / "model") == [1]
+
+
+def test_riesz_kernel_takes_a_negative_exponent(tmp_path):
+    cfg, _ = configs.resolve(loss="kcl", kcl_kernel="riesz", kcl_t=-1.0, model_dir=str(tmp_path))
+    assert cfg.loss_params["t"] == -1.0 and cfg.kcl_t == -1.0
+
+
+def test_finetune_without_checkpoint_says_it_starts_from_random_weights(tmp_path):
+    cfg, _ = configs.resolve(**dict(FINETUNE, model_dir=str(tmp_path)))
+    assert any("random weights" in line for line in cfg.notices), cfg.notices
 
 
 def test_eval_without_supervised_head(tmp_path):
@@ -417,34 +656,53 @@ def test_eval_without_supervised_head(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# 4. Loss flags reach the trainer; 5./6. heads and optimizers.
+# 6. Presets.
 # ---------------------------------------------------------------------------
-# Every loss's step, flags resolved as here, is checked on one and two
-# replicas in tests/test_distribute.py; these whole runs check that loss
-# flags reach the trainer and its summaries.
-@pytest.mark.parametrize("flags", [
-    dict(loss="swd", prior="uniform_hypercube", lambda_weight=0.5),
-    dict(loss="kcl", kcl_kernel="log", kcl_t=1.5),
-], ids=["swd-uniform_hypercube", "kcl-log"])
-def test_loss_trains_through_run_py(tmp_path, flags):
-    result = train(tmp_path / "model", mode="train_then_eval", **flags)
-    assert result["global_step"] == 2
-    assert 0.0 <= result["probe_top1"] <= 1.0
-    assert_training_metrics_finite(tmp_path / "model", [1, 2])
-    assert "train/contrast_loss" in scalars(tmp_path / "model")
-    saved_flags = read_json(tmp_path / "model" / "flags.json")
-    assert all(saved_flags[k] == v for k, v in flags.items())
+def test_overriding_the_optimizer_drops_the_presets_learning_rates(tmp_path):
+    """--optimizer=lars on digits does not inherit Adam's learning rates: they
+    fall back to the flags' defaults, and a notice says so."""
+    preset = datasets.get_dataset("digits").preset()
+    assert preset["optimizer"] == "adam"
+    cfg, _ = configs.resolve(optimizer="lars", model_dir=str(tmp_path))
+    defaults = configs.defaults()
+    assert cfg.learning_rate == defaults["learning_rate"] != preset["learning_rate"]
+    assert cfg.probe_learning_rate == defaults["probe_learning_rate"]
+    [notice] = cfg.notices
+    assert "--learning_rate=0.3" in notice and f"--learning_rate={preset['learning_rate']}" in notice
+    # Keeping the preset's optimizer keeps its learning rate; a loss other
+    # than the preset's NT-Xent drops the preset's temperature.
+    cfg, _ = configs.resolve(optimizer="adam", model_dir=str(tmp_path))
+    assert cfg.learning_rate == preset["learning_rate"] and not cfg.notices
+    cfg, _ = configs.resolve(loss="dcl", model_dir=str(tmp_path))
+    assert cfg.temperature == objective.LOSS_PARAMS["dcl"]["temperature"]
 
 
-@pytest.mark.parametrize("flags", [
-    dict(proj_head_mode="linear", optimizer="momentum"),
-    dict(proj_head_mode="none", optimizer="adam"),
-], ids=["proj_linear-momentum", "proj_none-adam"])
-def test_variant_trains(tmp_path, flags):
-    result = train(tmp_path / "model", mode="train_then_eval", **flags)
-    assert result["global_step"] == 2
-    assert 0.0 <= result["probe_top1"] <= 1.0
-    assert_training_metrics_finite(tmp_path / "model", [1, 2])
-    saved_flags = read_json(tmp_path / "model" / "flags.json")
-    assert all(saved_flags[k] == v for k, v in flags.items())
+def write_folder(root, size=32, per_class=70, classes=("a", "b")):
+    """root/{train,test}/<class>/<i>.png of random RGB images."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 4)):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
 
+
+def test_small_image_folder_gets_a_laptop_preset_and_writes_a_result(tmp_path):
+    """A folder of 32 px PNGs: CIFAR-stem ResNet-18 at its own size, batch
+    128, trained then evaluated; a plain run (only shortened) writes
+    result.json."""
+    write_folder(tmp_path / "images")
+    cfg, _ = configs.resolve(dataset="image_folder", data_dir=str(tmp_path / "images"),
+                             model_dir=str(tmp_path / "model"))
+    assert (cfg.image_size, cfg.resnet_depth, cfg.train_batch_size) == (32, 18, 128)
+    assert cfg.mode == "train_then_eval" and cfg.eval_split == "test"
+    run.FLAGS.unparse_flags()
+    run.parse_flags(["run.py", "--dataset=image_folder", f"--data_dir={tmp_path / 'images'}",
+                     f"--model_dir={tmp_path / 'model'}", "--train_steps=1",
+                     "--width_multiplier=0.125"])
+    run.run_main(["run.py"])
+    result = read_json(tmp_path / "model" / "result.json")
+    assert result["global_step"] == 1
+    assert read_json(tmp_path / "model" / "flags.json")["image_size"] == 32

@@ -1,0 +1,215 @@
+"""Checkpoints, one format for every backend, and the JSON files of a run.
+
+Format: a TensorFlow object-based checkpoint (`ckpt-<step>.index`,
+`ckpt-<step>.data-*`, and the `checkpoint` state file that
+`tf.train.CheckpointManager` keeps) whose objects are plain dictionaries keyed
+by Keras variable paths:
+
+    model/<variable.path>               every model variable
+    optimizer/<path without the optimizer's name>
+    probe_optimizer/<...>               with --probe_learning_rate
+    global_step                         the optimizer's iteration count
+
+Keras gives a variable the same path under every backend, so a run trained
+under JAX resumes, evaluates and exports under TensorFlow and the other way
+round. Under TensorFlow the Keras variables are saved directly (distributed
+variables included); under JAX their values are copied through host-side
+`tf.Variable`s. Keying by path also holds the layers Keras 3 keeps in Python
+lists, which TensorFlow's own object graph of a Keras model leaves out
+(keras-team/keras#18398).
+"""
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from config import UsageError
+
+_VALUE = "VARIABLE_VALUE"
+
+
+def latest_checkpoint(directory):
+    """The newest checkpoint prefix in `directory`, or None."""
+    if not directory or not tf.io.gfile.isdir(directory):
+        return None
+    return tf.train.latest_checkpoint(directory)
+
+
+def resolve_checkpoint_path(path, flag="--checkpoint"):
+    """A checkpoint prefix, or the newest one in a directory."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise UsageError(f"{flag}={path} is a directory without a checkpoint; "
+                             "pass a checkpoint prefix such as DIR/ckpt-100 or a run's directory")
+        return latest
+    if not tf.io.gfile.glob(path + ".index"):
+        raise UsageError(f"{flag}={path} is not a checkpoint prefix (no {path}.index); "
+                         "pass a prefix such as DIR/ckpt-100 or its directory")
+    return path
+
+
+def optimizer_key(variable):
+    """A slot's key inside its optimizer's group: its path without the
+    optimizer's own name, which Keras numbers per process (adam, adam_1)."""
+    return variable.path.split("/", 1)[-1]
+
+
+def variable_groups(model, optimizers):
+    """{group: {key: Keras variable}}: `model` by path, each optimizer of
+    `optimizers` ({group name: optimizer or None}) by `optimizer_key`."""
+    groups = {"model": {v.path: v for v in model.variables}}
+    for name, optimizer in optimizers.items():
+        if optimizer is not None:
+            groups[name] = {optimizer_key(v): v for v in optimizer.variables}
+    return groups
+
+
+class Checkpointer:
+    """Saves and restores a run's state in `directory` (see the module
+    docstring), keeping the newest `max_to_keep` checkpoints.
+
+    Args:
+        model: the Keras model.
+        optimizers: {"optimizer": main optimizer, "probe_optimizer": the
+            probe's or None}.
+        directory: where checkpoints go.
+        max_to_keep: checkpoints kept.
+    """
+
+    def __init__(self, model, optimizers, directory, max_to_keep=5):
+        self.groups = variable_groups(model, optimizers)
+        self._copies = keras.backend.backend() != "tensorflow"
+        if self._copies:
+            with tf.device("/cpu:0"):
+                self._saved = {g: {k: tf.Variable(_canonical(v), trainable=False)
+                                   for k, v in group.items()}
+                               for g, group in self.groups.items()}
+        else:
+            self._saved = self.groups
+        step = self._saved["optimizer"][optimizer_key(optimizers["optimizer"].iterations)]
+        self.checkpoint = tf.train.Checkpoint(global_step=step, **self._saved)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                  max_to_keep=max_to_keep)
+
+    @property
+    def latest(self):
+        return self.manager.latest_checkpoint
+
+    def nonfinite(self):
+        """Keys of the saved variables holding a NaN or an infinity."""
+        return [f"{g}/{k}" for g, group in self.groups.items() for k, v in group.items()
+                if not np.all(np.isfinite(_canonical(v)))]
+
+    def save(self, step):
+        """Writes ckpt-<step> and returns its prefix."""
+        if self._copies:
+            for g, group in self.groups.items():
+                for k, v in group.items():
+                    self._saved[g][k].assign(_canonical(v))
+        return self.manager.save(checkpoint_number=step)
+
+    def restore(self, path, model_only=False):
+        """Restores every variable from `path` (only the model's with
+        `model_only`); a variable the checkpoint lacks is an error."""
+        if model_only:
+            status = tf.train.Checkpoint(model=self._saved["model"]).restore(path)
+            status.expect_partial()
+        else:
+            status = self.checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+        if self._copies:
+            for g, group in self.groups.items():
+                if model_only and g != "model":
+                    continue
+                for k, v in group.items():
+                    v.assign(self._saved[g][k].numpy().astype(v.dtype))
+
+
+def _canonical(variable):
+    """A variable's value as saved: integers (step counters) as int64, which
+    TensorFlow uses and JAX without x64 does not."""
+    value = np.asarray(variable)
+    return value.astype(np.int64) if np.issubdtype(value.dtype, np.integer) else value
+
+
+def saved_model_variables(prefix):
+    """(reader, {variable path: checkpoint key}) of the model group of a
+    checkpoint in this format; UsageError naming what was found otherwise."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UsageError(f"--checkpoint={prefix} cannot be read "
+                         f"({type(e).__name__})") from e
+    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+        raise UsageError(f"--checkpoint={prefix} is a name-based (TF1) checkpoint; "
+                         "expected one written by this project's run.py")
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    top = {child.local_name: child.node_id for child in graph.nodes[0].children}
+    if "model" not in top:
+        raise UsageError(f"--checkpoint={prefix} holds {', '.join(sorted(top)) or 'nothing'}, "
+                         "not a model group; expected a checkpoint written by this "
+                         "project's run.py")
+    keys = {}
+    for child in graph.nodes[top["model"]].children:
+        for attribute in graph.nodes[child.node_id].attributes:
+            if attribute.name == _VALUE:
+                keys[child.local_name] = attribute.checkpoint_key
+    return reader, keys
+
+
+def restore_weights(model, prefix):
+    """Initialises `model` from the checkpoint at `prefix` (weights only, as
+    `--checkpoint` does), variable by variable where path and shape match.
+
+    Returns:
+        One line saying what was restored and what was skipped.
+
+    Raises:
+        UsageError: an encoder variable is missing or has another shape
+            (another depth, width or stem), named with its shapes.
+    """
+    reader, keys = saved_model_variables(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    encoder = {id(v) for v in model.resnet_model.variables}
+    counts, skipped, mismatched = {}, [], []
+    for variable in model.variables:
+        part = ("encoder" if id(variable) in encoder
+                else "supervised head" if "head_supervised" in variable.path
+                else "projection head")
+        done, total = counts.get(part, (0, 0))
+        key = keys.get(variable.path)
+        found = None if key is None else tuple(shapes[key])
+        if found != tuple(variable.shape):
+            what = (f"{variable.path} (absent)" if found is None else
+                    f"{variable.path} ({list(found)} in the checkpoint, "
+                    f"{list(variable.shape)} here)")
+            (mismatched if part == "encoder" else skipped).append(what)
+            counts[part] = (done, total + 1)
+            continue
+        variable.assign(reader.get_tensor(key))
+        counts[part] = (done + 1, total + 1)
+    if mismatched:
+        done, total = counts["encoder"]
+        raise UsageError(
+            f"--checkpoint={prefix} does not hold this encoder: {total - done} of its "
+            f"{total} variables do not match, e.g. {mismatched[0]}; pass the "
+            "architecture flags it was trained with (its run's flags.json)")
+    summary = ", ".join(f"{part} {done}/{total}" for part, (done, total) in counts.items())
+    line = f"initialised from {prefix}: {summary} variables restored"
+    if skipped:
+        line += f"; skipped {len(skipped)}, e.g. {skipped[0]}"
+    return line
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON to `path` atomically: a reader sees the old file
+    or the new one, never a part."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temporary, path, overwrite=True)

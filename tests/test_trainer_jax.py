@@ -1,0 +1,140 @@
+"""The JAX edge, `trainer_jax.py`: run under KERAS_BACKEND=jax with two host
+devices by tests/test_backends.py (skipped under TensorFlow).
+
+- the loss, gradients and batch-norm statistics of one global batch sharded
+  over two devices equal those of one device;
+- `run.py` under JAX trains, writes its outputs, resumes bit for bit, and
+  repeats itself with --deterministic;
+- the run it leaves in $SIMCLR_JAX_RUN_DIR (with the logits of its final
+  weights on the digits test split) is what tests/test_backends.py evaluates
+  under TensorFlow.
+"""
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+if keras.backend.backend() != "jax":
+    pytest.skip("the JAX edge runs under KERAS_BACKEND=jax (tests/test_backends.py)",
+                allow_module_level=True)
+
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import checkpoint as checkpoint_lib  # noqa: E402
+import configs  # noqa: E402
+import datasets  # noqa: E402
+import run  # noqa: E402
+import trainer_jax  # noqa: E402
+from test_run import TINY, command_line, read_json, saved_groups, scalars  # noqa: E402
+
+GLOBAL_BATCH = 8
+
+
+@pytest.fixture(autouse=True)
+def reset_flags():
+    yield
+    run.FLAGS.unparse_flags()
+
+
+def tiny_config(loss="ntxent", **overrides):
+    flags = dict(loss=loss, image_size=8, resnet_depth=18, width_multiplier=0.125,
+                 proj_out_dim=16, num_proj_layers=2, optimizer="lars", weight_decay=1e-4,
+                 warmup_epochs=0, train_batch_size=GLOBAL_BATCH, eval_batch_size=GLOBAL_BATCH,
+                 probe_batch_norm=True, probe_weight_decay=1e-3, probe_view="clean",
+                 model_dir="unused")
+    flags.update(overrides)
+    return configs.resolve(**flags)[0]
+
+
+def global_batch(seed=0):
+    rng = np.random.RandomState(seed)
+    features = rng.uniform(size=(GLOBAL_BATCH, 8, 8, 9)).astype(np.float32)
+    return features, rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
+
+
+@pytest.mark.parametrize("loss,prior", [("ntxent", None), ("swd", "uniform_hypercube")])
+def test_two_devices_give_the_loss_gradients_and_statistics_of_one(loss, prior):
+    devices = jax.devices()
+    assert len(devices) >= 2, "run with XLA_FLAGS=--xla_force_host_platform_device_count=2"
+    cfg = tiny_config(loss, **({"prior": prior} if prior else {}), **(
+        {"temperature": 0.2} if loss == "ntxent" else {}))
+    keras.utils.set_random_seed(0)
+    one = trainer_jax.Trainer(cfg, devices=devices[:1]).build(10, 64)
+    two = trainer_jax.Trainer(cfg, devices=devices[:2]).build(10, 64)
+    two.model.set_weights(one.model.get_weights())
+    two.load()
+    features, labels = global_batch()
+    results = []
+    for trainer in (one, two):
+        x = jax.device_put(features, trainer.data_sharding)
+        y = jax.device_put(labels, trainer.data_sharding)
+        assert len(x.sharding.device_set) == trainer.num_replicas
+        (total, (logs, statistics)), grads = jax.jit(trainer.loss_and_gradients)(
+            trainer.state, x, y)
+        results.append((float(total), [np.asarray(g) for g in grads],
+                        [np.asarray(s) for s in statistics]))
+    (loss_1, grads_1, stats_1), (loss_2, grads_2, stats_2) = results
+    np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
+    total = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads_1))
+    error = np.sqrt(sum(np.sum((a - b).astype(np.float64) ** 2) for a, b in zip(grads_2, grads_1)))
+    assert total > 0 and error <= 1e-5 * total, error / total
+    for a, b in zip(stats_2, stats_1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def train(model_dir, **flags):
+    run.FLAGS.unparse_flags()
+    run.parse_flags(command_line(model_dir, **flags))
+    run.run_main(["run.py"])
+    return read_json(os.path.join(model_dir, "result.json"))
+
+
+def final_weights(model_dir):
+    prefix = tf.train.latest_checkpoint(str(model_dir))
+    return prefix, saved_groups(prefix)
+
+
+def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
+    run_dir = os.environ.get("SIMCLR_JAX_RUN_DIR") or str(tmp_path / "run")
+    flags = dict(mode="train_then_eval", train_steps=2, warmup_epochs=0, deterministic=True,
+                 log_every_steps=1)
+    result = train(run_dir, **flags)
+    assert result["backend"] == "jax" and result["global_step"] == 2
+    assert sorted(glob.glob(os.path.join(run_dir, "ckpt-*.index"))) == [
+        os.path.join(run_dir, f"ckpt-{i}.index") for i in (1, 2)]
+    assert set(read_json(os.path.join(run_dir, "flags.json"))) == set(run.PROJECT_FLAG_NAMES)
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged["train/total_loss"]] == [1, 2]
+
+    # Resume restores every variable bit for bit, then trains on.
+    cfg, source = configs.resolve(**dict(TINY, model_dir=run_dir, **flags))
+    trainer = trainer_jax.Trainer(cfg).build(source.num_classes, source.num_examples("train"))
+    checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers, run_dir)
+    prefix, saved = final_weights(run_dir)
+    checkpointer.restore(prefix)
+    for group, variables in checkpoint_lib.variable_groups(trainer.model, trainer.optimizers).items():
+        for key, variable in variables.items():
+            value = np.asarray(variable)
+            expected = saved[group][key].astype(value.dtype)
+            assert value.tobytes() == expected.tobytes(), f"{group}/{key}"
+
+    # The same deterministic command again gives the same scalars and weights.
+    again = str(tmp_path / "again")
+    train(again, **flags)
+    assert scalars(again)["train/total_loss"] == logged["train/total_loss"]
+    _, saved_again = final_weights(again)
+    for key, value in saved["model"].items():
+        assert value.tobytes() == saved_again["model"][key].tobytes(), key
+
+    # For the TensorFlow side: the final weights' logits on the test split.
+    images, _ = datasets.get_dataset("digits").as_numpy("test")
+    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    trainer.load()
+    np.save(os.path.join(run_dir, "jax_logits.npy"),
+            np.asarray(trainer._logits(trainer.state[0], trainer.state[1], rgb)))
+    with open(os.path.join(run_dir, "jax_result.json"), "w") as f:
+        json.dump(result, f)

@@ -1,0 +1,205 @@
+"""What a run trains, and the training objective, for every backend.
+
+Backend-neutral (keras, keras.ops and numpy only): the TensorFlow and JAX
+edges (`trainer_tf.py`, `trainer_jax.py`) build the same model and
+optimizers here and differentiate the same `Objective`; they only take the
+gradients, apply them and distribute the batch.
+
+The objective of one training step, for the rows a replica holds:
+
+    total = contrastive(z) + CE(probe or supervised head) + weight decay,
+
+each a mean over this replica's rows. Under tf.distribute each of R replicas
+differentiates total / R and the optimizer sums the gradients, which gives
+the gradient of the global batch (the contrastive loss reaches other
+replicas' rows through `gather`); under JAX the whole global batch is one
+program sharded over the devices, R = 1 and `gather` is the identity.
+"""
+from keras import ops
+
+import config as config_lib
+import metrics
+import model as model_lib
+import objective
+
+
+def clean_probe_view(cfg):
+    """Whether training examples carry the clean view for the online probe."""
+    return (cfg.probe_view == "clean" and cfg.train_mode == "pretrain"
+            and cfg.lineareval_while_pretraining)
+
+
+def num_input_views(cfg):
+    """Views per training example: two augmented ones in pretraining (and the
+    probe's clean view with --probe_view=clean), one in fine-tuning."""
+    return 2 + int(clean_probe_view(cfg)) if cfg.train_mode == "pretrain" else 1
+
+
+def build_model(cfg, num_classes, view_channels):
+    """The `model.Model` of the flags, built (variables created) on a
+    dummy batch of `num_input_views(cfg)` views of `view_channels` each."""
+    model = model_lib.Model(
+        num_classes, image_size=cfg.image_size, train_mode=cfg.train_mode,
+        resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
+        sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio, batch_norm_decay=cfg.batch_norm_decay,
+        global_bn=cfg.global_bn, fine_tune_after_block=cfg.fine_tune_after_block,
+        proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
+        num_proj_layers=cfg.num_proj_layers, ft_proj_selector=cfg.ft_proj_selector,
+        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
+        probe_batch_norm=cfg.probe_batch_norm, probe_view=cfg.probe_view,
+        view_channels=view_channels)
+    channels = view_channels * num_input_views(cfg)
+    model(ops.zeros((2, cfg.image_size, cfg.image_size, channels)), training=False)
+    return model
+
+
+def train_steps(cfg, num_train_examples):
+    """Length of the run in steps (`model.get_train_steps`)."""
+    return model_lib.get_train_steps(num_train_examples, cfg.train_steps,
+                                     cfg.train_epochs, cfg.train_batch_size)
+
+
+def learning_rate_schedule(cfg, base_learning_rate, num_train_examples):
+    return model_lib.WarmUpAndCosineDecay(
+        base_learning_rate, num_train_examples, cfg.train_batch_size, cfg.warmup_epochs,
+        train_steps(cfg, num_train_examples), cfg.learning_rate_scaling)
+
+
+def has_probe_optimizer(cfg, model):
+    """Whether the online probe trains with its own optimizer."""
+    return bool(cfg.probe_learning_rate) and model.supervised_head is not None \
+        and cfg.train_mode == "pretrain"
+
+
+def build_optimizers(cfg, model, num_train_examples):
+    """(optimizer, probe optimizer or None), built on the variables each
+    updates: with --probe_learning_rate the online probe has an optimizer of
+    the same kind at its own rate (its inputs' scale drifts while the
+    encoder trains; at the encoder's rate it lagged far behind a converged
+    linear classifier on small runs), and the main one updates the rest."""
+    def make(base_learning_rate):
+        schedule = learning_rate_schedule(cfg, base_learning_rate, num_train_examples)
+        return model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum,
+                                         cfg.weight_decay)
+
+    optimizer = make(cfg.learning_rate)
+    probe_optimizer = None
+    if has_probe_optimizer(cfg, model):
+        probe_optimizer = make(cfg.probe_learning_rate)
+        probe_variables, other_variables = split_probe(model, model.trainable_variables)
+        probe_optimizer.build(probe_variables)
+        optimizer.build(other_variables)
+    else:
+        optimizer.build(model.trainable_variables)
+    return optimizer, probe_optimizer
+
+
+def split_probe(model, items, variable=lambda item: item):
+    """(items whose variable is one of the online probe's, the other items),
+    order kept; `variable(item)` is the variable an item stands for."""
+    probe = {id(v) for v in model.supervised_head.trainable_variables}
+    return ([item for item in items if id(variable(item)) in probe],
+            [item for item in items if id(variable(item)) not in probe])
+
+
+def weight_decay_loss(model, cfg):
+    """The explicit weight-decay term of the flags: --weight_decay, and
+    --probe_weight_decay for the online probe when set."""
+    probe_rate = cfg.probe_weight_decay if cfg.train_mode == "pretrain" else None
+    return model_lib.weight_decay_loss(model, cfg.optimizer, cfg.weight_decay,
+                                       head_weight_decay=probe_rate)
+
+
+def single_device_gather(x):
+    """The gather of one replica: its own rows, at index 0."""
+    return x, 0
+
+
+class Objective:
+    """The training objective of one replica (see the module docstring).
+
+    Args:
+        model: a built `model.Model`.
+        cfg: a `config.Config` (loss, loss_params, temperature, seed, ...).
+        gather: x -> (rows of x from every replica in replica order, this
+            replica's index); differentiable. `single_device_gather` when
+            the batch is not split across replicas.
+        normal_noise: (shape, step, stream) -> standard-normal noise, a
+            stateless function of (cfg.seed, step, stream) and identical on
+            every replica; the SWD loss draws its projections and prior
+            samples with it.
+        num_replicas: replicas that each hold a part of the global batch.
+    """
+
+    def __init__(self, model, cfg, gather=single_device_gather, normal_noise=None,
+                 num_replicas=1):
+        self.model = model
+        self.cfg = cfg
+        self.gather = gather
+        self.normal_noise = normal_noise
+        self.num_replicas = num_replicas
+        self.summary_hidden_norm = config_lib.summary_hidden_norm(cfg)
+
+    def contrastive(self, projection, step):
+        """(contrastive loss, its logs) of `projection`, this replica's [2n, d]
+        rows (first views, then second views), against the negatives of every
+        replica."""
+        cfg = self.cfg
+        z = ops.cast(projection, "float32")
+        z1, z2 = ops.split(z, 2, axis=0)
+        z1_all, replica_id = self.gather(z1)
+        z2_all, _ = self.gather(z2)
+        params = dict(cfg.loss_params)
+        if cfg.loss == "swd":
+            dim = int(z.shape[-1])
+            rows = 2 * int(z1.shape[0]) * self.num_replicas
+            params["projection_noise"] = self.normal_noise((dim, dim), step, 0)
+            params["prior_noise"] = self.normal_noise((rows, dim), step, 1)
+        loss = objective.compute_loss(cfg.loss, z1, z2, z1_all=z1_all, z2_all=z2_all,
+                                      replica_id=replica_id, **params)
+        accuracy, entropy = objective.contrastive_accuracy_and_entropy(
+            z1, z2, z2_all=z2_all, replica_id=replica_id, temperature=cfg.temperature,
+            hidden_norm=self.summary_hidden_norm)
+        return loss, dict(contrast_loss=loss, contrast_acc=accuracy, contrast_entropy=entropy)
+
+    def __call__(self, features, labels, step):
+        """(total loss, logs {name: float32 scalar}) of a training forward
+        pass on this replica's `features` [n, H, W, c * views] and `labels`
+        [n]; `step` is the optimizer's iteration count."""
+        projection, logits = self.model(features, training=True)
+        logs = {}
+        total = ops.zeros((), "float32")
+        if projection is not None:
+            loss, contrastive_logs = self.contrastive(projection, step)
+            logs.update(contrastive_logs)
+            total += loss
+        if logits is not None:
+            num_views = logits.shape[0] // labels.shape[0]
+            supervised_labels = ops.tile(labels, (num_views,))
+            loss, accuracy = metrics.supervised_loss_and_accuracy(supervised_labels, logits)
+            logs.update(supervised_loss=loss, supervised_acc=accuracy)
+            total += loss
+        decay = weight_decay_loss(self.model, self.cfg)
+        logs["weight_decay"] = decay
+        total += decay
+        logs["total_loss"] = total
+        return total, logs
+
+
+def log_names(cfg, model):
+    """Names of the logs `Objective` returns, in a fixed order."""
+    names = ["total_loss", "weight_decay"]
+    if cfg.train_mode == "pretrain":
+        names += ["contrast_loss", "contrast_acc", "contrast_entropy"]
+    if model.supervised_head is not None:
+        names += ["supervised_loss", "supervised_acc"]
+    return names
+
+
+def all_finite(tensors):
+    """1.0 when every entry of every tensor is finite, else 0.0 (float32)."""
+    flags = [ops.all(ops.isfinite(t)) for t in tensors if t is not None]
+    if not flags:
+        return ops.ones((), "float32")
+    return ops.cast(ops.all(ops.stack(flags)), "float32")
+

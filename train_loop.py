@@ -1,0 +1,110 @@
+"""The host side of training, the same for every backend.
+
+Steps run in blocks that end at every `--log_every_steps` boundary, every
+checkpoint boundary and the last step, all counted in global steps, so a
+resumed run logs and saves at the same steps as an uninterrupted one. After
+each block the host checks that every logged value and every gradient was
+finite, and only then writes the block's summaries and, at a checkpoint
+boundary where every variable is finite too, the checkpoint: a non-finite
+state never becomes the latest checkpoint.
+"""
+import math
+import sys
+
+import keras
+import tensorflow as tf
+
+
+class NonFiniteError(Exception):
+    """Training produced a non-finite loss or gradient; the message names the
+    steps and the terms."""
+
+
+def next_boundary(step, every):
+    """The smallest multiple of `every` above `step`."""
+    return (step // every + 1) * every
+
+
+class Progress:
+    """A progress bar on a terminal; plain lines (no escape codes) when
+    output goes to a file or a pipe."""
+
+    def __init__(self, total, start, stream=None):
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.bar = None
+        if self.stream.isatty():
+            self.bar = keras.utils.Progbar(total)
+            self.bar.update(start)
+
+    def update(self, step, logs):
+        if self.bar is not None:
+            self.bar.update(step, list(logs.items()))
+            return
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
+        print(f"step {step}/{self.total}  {shown}", file=self.stream, flush=True)
+
+
+def steps_per_epoch(cfg, num_train_examples):
+    return max(int(round(num_train_examples / cfg.train_batch_size)), 1)
+
+
+def checkpoint_interval(cfg, num_train_examples):
+    """--checkpoint_steps, else --checkpoint_epochs epochs, in steps."""
+    return cfg.checkpoint_steps or cfg.checkpoint_epochs * steps_per_epoch(cfg, num_train_examples)
+
+
+def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
+    """Trains from the trainer's current step to `train_steps`.
+
+    Args:
+        cfg: the `config.Config`.
+        trainer: a built trainer of `trainer_tf` or `trainer_jax`.
+        source: the `datasets.Source` to train on.
+        checkpointer: a `checkpoint.Checkpointer` of the trainer's state.
+        summary_writer: a `tf.summary` writer, or None (non-chief workers).
+        train_steps: the run's length in steps.
+
+    Returns:
+        The last step.
+
+    Raises:
+        NonFiniteError: a loss or gradient was not finite; nothing of that
+            block was written.
+    """
+    num_train = source.num_examples(cfg.train_split)
+    save_every = checkpoint_interval(cfg, num_train)
+    log_every = cfg.log_every_steps or save_every
+    step = trainer.step
+    iterator = trainer.train_iterator(source, step)
+    progress = Progress(train_steps, step)
+    while step < train_steps:
+        end = min(next_boundary(step, log_every), next_boundary(step, save_every), train_steps)
+        logs = trainer.run_steps(iterator, end - step)
+        bad = [k for k, v in logs.items() if k != "gradients_finite" and not math.isfinite(v)]
+        if logs.pop("gradients_finite") != 1.0:
+            bad.append("gradients")
+        if bad:
+            raise NonFiniteError(
+                f"non-finite {', '.join(bad)} in steps {step + 1}-{end}; training stopped "
+                f"and nothing of those steps was written (latest checkpoint: "
+                f"{checkpointer.latest or 'none'})")
+        step = end
+        logs["learning_rate"] = float(trainer.schedule(step - 1))
+        if summary_writer is not None:
+            with summary_writer.as_default():
+                for name, value in logs.items():
+                    tf.summary.scalar(name if name == "learning_rate" else f"train/{name}",
+                                      value, step=step)
+            summary_writer.flush()
+        if step % save_every == 0 or step == train_steps:
+            trainer.sync()
+            bad = checkpointer.nonfinite()
+            if bad:
+                raise NonFiniteError(
+                    f"non-finite variables after step {step} ({len(bad)}, e.g. {bad[0]}); "
+                    f"training stopped before saving (latest checkpoint: "
+                    f"{checkpointer.latest or 'none'})")
+            checkpointer.save(step)
+        progress.update(step, logs)
+    return step

@@ -1,0 +1,205 @@
+"""The JAX edge: the same objective, differentiated and applied with JAX.
+
+The whole global batch is one jitted program whose batch axis is sharded
+over all local devices (GSPMD): every replica's negatives are in the loss,
+and batch-norm statistics are those of the global batch, as with
+`--global_bn` under tf.distribute. The training state lives outside the
+Keras variables as lists of arrays: `train_lib.Objective` runs inside a
+`keras.StatelessScope` that maps each variable to its traced value,
+`jax.value_and_grad` differentiates it, and `optimizer.stateless_apply`
+applies the gradients. `sync()` writes the state back into the variables
+(before checkpoints and evaluation), `load()` reads it from them (after a
+restore). tf.data feeds the batches (TensorFlow is kept off the GPUs).
+"""
+import jax
+import keras
+import numpy as np
+import tensorflow as tf
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+import data
+import metrics
+import train_lib
+from config import UsageError
+
+
+def stateless(model, fn):
+    """jit of (trainable values, non-trainable values, *args) -> fn(*args),
+    with `model`'s variables read as those values."""
+    def call(trainable, non_trainable, *args):
+        mapping = list(zip(model.trainable_variables, trainable)) + list(
+            zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            return fn(*args)
+    return jax.jit(call)
+
+
+def values(variables):
+    return [v.value for v in variables]
+
+
+class Trainer:
+    """Builds, trains and evaluates a run's model with JAX on all local
+    devices (`devices` to choose).
+
+    Args:
+        cfg: a `config.Config`.
+        devices: the devices to shard the batch over; all local ones when None.
+    """
+
+    backend = "jax"
+
+    def __init__(self, cfg, devices=None):
+        self.cfg = cfg
+        tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs
+        devices = list(devices or jax.local_devices())
+        self.num_replicas = len(devices)
+        self.mesh = Mesh(np.array(devices), ("batch",))
+        self.data_sharding = NamedSharding(self.mesh, PartitionSpec("batch"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.chief = jax.process_index() == 0
+        self.worker_dir = cfg.model_dir
+        self.device_summary = f"{len(devices)} {devices[0].platform} device(s)"
+        for flag in ("train_batch_size", "eval_batch_size"):
+            if getattr(cfg, flag) % self.num_replicas:
+                raise UsageError(f"--{flag}={getattr(cfg, flag)} is not divisible by the "
+                                 f"{self.num_replicas} JAX devices")
+        if not cfg.global_bn and self.num_replicas > 1:
+            raise UsageError("--global_bn=false needs the TensorFlow backend: under JAX the "
+                             "batch is one program over all devices and batch norm always "
+                             "uses the statistics of the global batch")
+        self._encoders = {}
+
+    def build(self, num_classes, num_train_examples):
+        """Creates the model, the optimizers and the jitted step."""
+        cfg = self.cfg
+        self.model = train_lib.build_model(cfg, num_classes, data.VIEW_CHANNELS)
+        self.optimizer, self.probe_optimizer = train_lib.build_optimizers(
+            cfg, self.model, num_train_examples)
+        self.schedule = train_lib.learning_rate_schedule(cfg, cfg.learning_rate, num_train_examples)
+        self.objective = train_lib.Objective(self.model, cfg, normal_noise=self.normal_noise)
+        self.log_names = train_lib.log_names(cfg, self.model)
+        self._iteration = [id(v) for v in self.optimizer.variables].index(
+            id(self.optimizer.iterations))
+        trainable = self.model.trainable_variables
+        if self.probe_optimizer is not None:
+            indices = list(range(len(trainable)))
+            self._probe_indices, self._other_indices = train_lib.split_probe(
+                self.model, indices, variable=lambda i: trainable[i])
+        self._train_step = jax.jit(self._step, donate_argnums=0)
+        self._logits = stateless(self.model, lambda x: self.model(x, training=False)[1])
+        self.load()
+        return self
+
+    @property
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "probe_optimizer": self.probe_optimizer}
+
+    def _optimizer_list(self):
+        return [o for o in (self.optimizer, self.probe_optimizer) if o is not None]
+
+    def load(self):
+        """Reads the training state from the Keras variables."""
+        state = (values(self.model.trainable_variables),
+                 values(self.model.non_trainable_variables),
+                 [values(o.variables) for o in self._optimizer_list()])
+        self.state = jax.device_put(state, self.replicated)
+
+    def sync(self):
+        """Writes the training state into the Keras variables."""
+        trainable, non_trainable, optimizer_values = self.state
+        pairs = list(zip(self.model.trainable_variables, trainable)) + list(
+            zip(self.model.non_trainable_variables, non_trainable))
+        for optimizer, vals in zip(self._optimizer_list(), optimizer_values):
+            pairs += list(zip(optimizer.variables, vals))
+        for variable, value in pairs:
+            variable.assign(value)
+
+    @property
+    def step(self):
+        return int(self.state[2][0][self._iteration])
+
+    def normal_noise(self, shape, step, stream):
+        """Standard-normal noise seeded by (--seed, stream, step)."""
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), stream), step)
+        return jax.random.normal(key, shape)
+
+    # -- training -----------------------------------------------------------
+    def loss_and_gradients(self, state, features, labels):
+        """((total, (logs, new non-trainable values)), gradients) of the
+        objective at `state` on one global batch."""
+        trainable, non_trainable, optimizer_values = state
+        model = self.model
+        step = optimizer_values[0][self._iteration]
+
+        def loss_fn(trainable):
+            mapping = list(zip(model.trainable_variables, trainable)) + list(
+                zip(model.non_trainable_variables, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                total, logs = self.objective(features, labels, step)
+            updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
+            return total, (logs, updated)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+    def _step(self, state, features, labels):
+        trainable, _, optimizer_values = state
+        (_, (logs, non_trainable)), grads = self.loss_and_gradients(state, features, labels)
+        logs["gradients_finite"] = train_lib.all_finite(grads)
+        if self.probe_optimizer is None:
+            trainable, main = self.optimizer.stateless_apply(optimizer_values[0], grads, trainable)
+            optimizer_values = [main]
+        else:
+            updated = list(trainable)
+            new_values = []
+            for optimizer, indices, vals in (
+                    (self.optimizer, self._other_indices, optimizer_values[0]),
+                    (self.probe_optimizer, self._probe_indices, optimizer_values[1])):
+                new, vals = optimizer.stateless_apply(
+                    vals, [grads[i] for i in indices], [trainable[i] for i in indices])
+                for i, value in zip(indices, new):
+                    updated[i] = value
+                new_values.append(vals)
+            trainable, optimizer_values = updated, new_values
+        return (trainable, non_trainable, optimizer_values), logs
+
+    def train_iterator(self, source, start_step=0):
+        """Iterator over global training batches (numpy) from `start_step`."""
+        input_fn = data.train_input_fn(self.cfg, source, start_step)
+        return input_fn().as_numpy_iterator()
+
+    def run_steps(self, iterator, num_steps):
+        """Runs `num_steps` steps; returns {log: mean over the steps} as floats."""
+        totals = None
+        for _ in range(num_steps):
+            features, labels = jax.device_put(next(iterator), self.data_sharding)
+            self.state, logs = self._train_step(self.state, features, labels)
+            totals = logs if totals is None else jax.tree.map(lambda a, b: a + b, totals, logs)
+        return {k: float(totals[k]) / num_steps for k in self.log_names + ["gradients_finite"]}
+
+    # -- evaluation ---------------------------------------------------------
+    def top_k_counts(self, source, k, max_steps=0):
+        """(top-1 hits, top-k hits, examples) of the supervised head on
+        --eval_split."""
+        input_fn = data.eval_input_fn(self.cfg, source)
+        trainable, non_trainable, _ = self.state
+        totals = np.zeros(3)
+        for i, (features, labels) in enumerate(input_fn().as_numpy_iterator()):
+            if max_steps and i >= max_steps:
+                break
+            logits = self._logits(trainable, non_trainable, features)
+            hits = metrics.top_k_correct(labels, logits, (1, k))
+            totals += [float(hits[0]), float(hits[1]), len(labels)]
+        return tuple(totals)
+
+    def encode(self, model, images):
+        """h = model.encode(images) for one batch of eval views, as numpy."""
+        if id(model) not in self._encoders:
+            self._encoders[id(model)] = (model, stateless(
+                model, lambda x: model.encode(x, training=False)))
+        _, encode = self._encoders[id(model)]
+        trainable = values(model.trainable_variables)
+        non_trainable = values(model.non_trainable_variables)
+        return np.asarray(encode(trainable, non_trainable, images))

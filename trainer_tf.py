@@ -1,0 +1,216 @@
+"""The TensorFlow edge: strategy, cross-replica gather, gradients, the loop.
+
+One code path for every set-up (`get_strategy`): one device, several GPUs
+(MirroredStrategy), several machines (MultiWorkerMirroredStrategy) and TPUs
+(TPUStrategy). Each replica differentiates `train_lib.Objective` on its part
+of the global batch with the negatives of all replicas, and several steps run
+in one `tf.function` call, as in the original.
+"""
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import data
+import metrics
+import train_lib
+from config import UsageError
+
+
+def get_strategy(cfg):
+    """One strategy for every set-up.
+
+    TPUStrategy when --use_tpu, --tpu_name or --master is given;
+    MultiWorkerMirroredStrategy when TF_CONFIG names several tasks;
+    MirroredStrategy over the visible GPUs when there are several;
+    OneDeviceStrategy on the single GPU or the CPU otherwise.
+    """
+    if cfg.use_tpu or cfg.tpu_name or cfg.master:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's outputs (worker 0, or the chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict() or \
+            isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
+def cross_replica_gather(x):
+    """(rows of x from every replica in replica order, this replica's index).
+
+    All-gather is differentiable: the gradient reaching a gathered row is
+    summed over replicas and routed back to the replica that owns the row, so
+    each replica's loss sees every replica's embeddings with gradients.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x, 0
+    gathered = context.all_gather(x, axis=0)
+    rows = None if x.shape[0] is None else x.shape[0] * context.num_replicas_in_sync
+    gathered.set_shape([rows] + x.shape[1:])  # all_gather drops the static shape
+    return gathered, context.replica_id_in_sync_group
+
+
+class Trainer:
+    """Builds, trains and evaluates a run's model under a tf.distribute
+    strategy.
+
+    Args:
+        cfg: a `config.Config`.
+        strategy: the strategy; `get_strategy(cfg)` when None.
+    """
+
+    backend = "tensorflow"
+
+    def __init__(self, cfg, strategy=None):
+        self.cfg = cfg
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self.strategy = strategy or get_strategy(cfg)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.chief = is_chief(self.strategy)
+        self.device_summary = f"{type(self.strategy).__name__}, {self.num_replicas} replica(s)"
+        for flag in ("train_batch_size", "eval_batch_size"):
+            if getattr(cfg, flag) % self.num_replicas:
+                raise UsageError(f"--{flag}={getattr(cfg, flag)} is not divisible by the "
+                                 f"{self.num_replicas} replicas of {type(self.strategy).__name__}")
+        self._loop = None
+
+    @property
+    def worker_dir(self):
+        """Where this process writes checkpoints: model_dir on the chief, a
+        scratch directory on other workers (collective saves need every
+        worker to write)."""
+        if self.chief:
+            return self.cfg.model_dir
+        return os.path.join(self.cfg.model_dir, f"worker_tmp_{self.strategy.cluster_resolver.task_id}")
+
+    def build(self, num_classes, num_train_examples):
+        """Creates the model and optimizers (every variable) under the strategy."""
+        cfg = self.cfg
+        with self.strategy.scope():
+            self.model = train_lib.build_model(cfg, num_classes, data.VIEW_CHANNELS)
+            self.optimizer, self.probe_optimizer = train_lib.build_optimizers(
+                cfg, self.model, num_train_examples)
+        self.schedule = train_lib.learning_rate_schedule(cfg, cfg.learning_rate, num_train_examples)
+        self.objective = train_lib.Objective(
+            self.model, cfg, gather=cross_replica_gather, normal_noise=self.normal_noise,
+            num_replicas=self.num_replicas)
+        self.log_names = train_lib.log_names(cfg, self.model)
+        return self
+
+    @property
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "probe_optimizer": self.probe_optimizer}
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def sync(self):
+        """Nothing to do: the Keras variables hold the state."""
+
+    def load(self):
+        """Nothing to do: the Keras variables hold the state."""
+
+    def normal_noise(self, shape, step, stream):
+        """Standard-normal noise seeded by (--seed, stream, step), the same
+        on every replica."""
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.cfg.seed, stream], tf.int64), tf.cast(step, tf.int64))
+        return tf.random.stateless_normal(shape, seed)
+
+    # -- training -----------------------------------------------------------
+    def gradients(self, features, labels):
+        """Per replica: (gradients of total / R, logs)."""
+        with tf.GradientTape() as tape:
+            total, logs = self.objective(features, labels, self.optimizer.iterations)
+            scaled = total / self.num_replicas
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        logs["gradients_finite"] = train_lib.all_finite(grads)
+        return grads, logs
+
+    def train_step(self, features, labels):
+        """Per replica: one optimizer step; returns the logs."""
+        grads, logs = self.gradients(features, labels)
+        pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
+        if self.probe_optimizer is not None:
+            probe_pairs, pairs = train_lib.split_probe(self.model, pairs,
+                                                       variable=lambda pair: pair[1])
+            self.probe_optimizer.apply_gradients(probe_pairs)
+        self.optimizer.apply_gradients(pairs)
+        return logs
+
+    def train_iterator(self, source, start_step=0):
+        """Iterator over distributed training batches from step `start_step`."""
+        input_fn = data.train_input_fn(self.cfg, source, start_step)
+        return iter(data.build_distributed_dataset(input_fn, self.strategy))
+
+    def run_steps(self, iterator, num_steps):
+        """Runs `num_steps` steps in one call; returns {log: mean over the
+        steps and replicas} as floats (with `gradients_finite`)."""
+        if self._loop is None:
+            names = self.log_names + ["gradients_finite"]
+            strategy = self.strategy
+            # The step has no data-dependent Python control flow, so
+            # AutoGraph would only re-parse the model, loss and optimizer
+            # code: skipping it saves seconds of tracing per run.
+            step_fn = tf.autograph.experimental.do_not_convert(self.train_step)
+
+            @tf.function
+            def loop(iterator, num_steps):
+                totals = tf.zeros([len(names)], tf.float32)
+                for _ in tf.range(num_steps):
+                    features, labels = next(iterator)
+                    logs = strategy.run(step_fn, (features, labels))
+                    totals += tf.stack([strategy.reduce(tf.distribute.ReduceOp.MEAN, logs[k], axis=None)
+                                        for k in names])
+                return totals / tf.cast(num_steps, tf.float32)
+
+            self._loop, self._names = loop, names
+        means = self._loop(iterator, tf.constant(num_steps))
+        return dict(zip(self._names, means.numpy().tolist()))
+
+    # -- evaluation ---------------------------------------------------------
+    def top_k_counts(self, source, k, max_steps=0):
+        """(top-1 hits, top-k hits, examples) of the supervised head on
+        --eval_split, summed over replicas."""
+        dataset = data.build_distributed_dataset(data.eval_input_fn(self.cfg, source),
+                                                 self.strategy)
+        model, strategy = self.model, self.strategy
+
+        @tf.function(autograph=False)
+        def eval_step(features, labels):
+            def step(features, labels):
+                _, logits = model(features, training=False)
+                return metrics.top_k_correct(labels, logits, (1, k)) + (tf.shape(labels)[0],)
+            per_replica = strategy.run(step, (features, labels))
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
+
+        totals = np.zeros(3)
+        for i, (features, labels) in enumerate(dataset):
+            if max_steps and i >= max_steps:
+                break
+            totals += [float(v) for v in eval_step(features, labels)]
+        return tuple(totals)
+
+    def encode(self, model, images):
+        """h = model.encode(images) for one batch of eval views, as numpy."""
+        return np.asarray(model.encode(tf.convert_to_tensor(images), training=False))
