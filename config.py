@@ -197,18 +197,23 @@ def _show(value):
 
 
 def _check_against_record(values, present, record, where, why, names=None):
-    """UsageError for the first flag set on the command line that differs
-    from the record (session flags excepted)."""
-    for name in sorted(present):
-        if names is not None and name not in names:
-            continue
-        if name in SESSION_FLAGS or name not in record:
-            continue
-        if values[name] != record[name]:
-            raise UsageError(
-                f"--{name}={_show(values[name])} contradicts the run in {where}, "
-                f"trained with --{name}={_show(record[name])}; {why}: drop the flag "
-                f"or pass --{name}={_show(record[name])}")
+    """UsageError for the first flag set on the command line (of `names`,
+    when given) that differs from the record."""
+    name = _first_difference(values, record, present if names is None else present & set(names))
+    if name is not None:
+        raise UsageError(
+            f"--{name}={_show(values[name])} contradicts the run in {where}, "
+            f"trained with --{name}={_show(record[name])}; {why}: drop the flag "
+            f"or pass --{name}={_show(record[name])}")
+
+
+def _first_difference(values, record, names):
+    """The first of `names` (sorted) whose value differs from the record's,
+    session flags and flags the record lacks excepted; None if none does."""
+    for name in sorted(names):
+        if name not in SESSION_FLAGS and name in record and values[name] != record[name]:
+            return name
+    return None
 
 
 def _take_architecture(values, present, explicit, checkpoint):
@@ -247,15 +252,13 @@ def _check_resume(values):
     record = read_record(model_dir)
     if record is None:
         return
-    for name in sorted(values):
-        if name in SESSION_FLAGS or name not in record:
-            continue
-        if values[name] != record[name]:
-            raise UsageError(
-                f"--model_dir={model_dir} holds a run trained with "
-                f"--{name}={_show(record[name])}; this command has "
-                f"--{name}={_show(values[name])}: rerun with that run's flags "
-                f"(its {RECORD_FILE}) to resume it, or use a new --model_dir")
+    name = _first_difference(values, record, values)
+    if name is not None:
+        raise UsageError(
+            f"--model_dir={model_dir} holds a run trained with "
+            f"--{name}={_show(record[name])}; this command has "
+            f"--{name}={_show(values[name])}: rerun with that run's flags "
+            f"(its {RECORD_FILE}) to resume it, or use a new --model_dir")
 
 
 # ---------------------------------------------------------------------------

@@ -64,3 +64,11 @@ def variable_gradients(fn, variables):
 
     value, grads = jax.jit(jax.value_and_grad(of_values))([v.value for v in variables])
     return float(value), [np.asarray(g) for g in grads]
+
+DEEP_REASON = ("ResNet-34 and deeper: architecture bookkeeping, the same Python under both "
+               "backends, run under TensorFlow only (under JAX every variable costs a compile)")
+
+
+def deep(*values):
+    """A parameter set building ResNet-34 or deeper (see DEEP_REASON)."""
+    return pytest.param(*values, marks=pytest.mark.skipif(BACKEND == "jax", reason=DEEP_REASON))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import resnet as resnet_lib
+from backend import deep
 from backend import tensorflow_only
 from backend import value_and_grad
 from backend import variable_gradients
@@ -95,9 +96,9 @@ EXTRA_GROUP1_PROJECTION = 64 * 64 + 2 * 64
 
 @pytest.mark.parametrize("depth, expected", [
     # torchvision totals minus their fc layer (2048*1000+1000, 512*1000+1000).
-    (50, 25_557_032 - 2_049_000),
+    deep(50, 25_557_032 - 2_049_000),
     (18, 11_689_512 - 513_000 + EXTRA_GROUP1_PROJECTION),
-    (34, 21_797_672 - 513_000 + EXTRA_GROUP1_PROJECTION),
+    deep(34, 21_797_672 - 513_000 + EXTRA_GROUP1_PROJECTION),
 ])
 def test_trainable_parameters_match_torchvision(depth, expected):
     model = built(depth)
@@ -113,15 +114,15 @@ def test_trainable_parameters_match_torchvision(depth, expected):
     (18, dict(width=0.125, cifar_stem=True)),
     (18, dict(width=0.125, se_ratio=0.25)),
     (18, dict(width=0.125, sk_ratio=0.0625)),
-    (34, dict(width=0.3)),
-    (50, dict(width=0.125)),
+    deep(34, dict(width=0.3)),
+    deep(50, dict(width=0.125)),
     (50, dict(width=0.125, sk_ratio=0.0625)),
-    (50, dict(width=0.125, se_ratio=0.25)),
-    (50, dict(width=0.3, sk_ratio=0.0625, se_ratio=0.25)),
-    (50, dict(width=0.125, sk_ratio=0.0625, cifar_stem=True)),
-    (101, dict(width=0.0625)),
-    (152, dict(width=0.0625)),
-    (200, dict(width=0.0625, sk_ratio=0.0625, se_ratio=0.0625)),
+    deep(50, dict(width=0.125, se_ratio=0.25)),
+    deep(50, dict(width=0.3, sk_ratio=0.0625, se_ratio=0.25)),
+    deep(50, dict(width=0.125, sk_ratio=0.0625, cifar_stem=True)),
+    deep(101, dict(width=0.0625)),
+    deep(152, dict(width=0.0625)),
+    deep(200, dict(width=0.0625, sk_ratio=0.0625, se_ratio=0.0625)),
 ])
 def test_parameter_counts_follow_the_formula(depth, kwargs):
     width = kwargs.pop("width")
@@ -171,8 +172,8 @@ def test_sk_changes_the_parameters_as_computed_by_hand():
     (50, dict(width_multiplier=0.0625), 64,
      (32, 16), (16, 8, 4, 2), (4, 16, 32, 64, 128)),
     # Fractional width, odd size: ceil halving everywhere.
-    (34, dict(width_multiplier=0.3), 33,
-     (17, 9), (9, 5, 3, 2), (19, 19, 38, 77, 154)),
+    deep(34, dict(width_multiplier=0.3), 33,
+         (17, 9), (9, 5, 3, 2), (19, 19, 38, 77, 154)),
     # SK: deep stem of 3x3 convs (64w channels at initial_conv).
     (50, dict(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25), 33,
      (17, 9), (9, 5, 3, 2), (8, 32, 64, 128, 256)),
@@ -206,8 +207,8 @@ def test_endpoint_shapes(depth, kwargs, size, stem, groups, channels):
 
 
 @pytest.mark.parametrize("depth, width, output_dim", [
-    (18, 1.0, 512), (34, 2.0, 1024), (50, 1.0, 2048), (101, 0.5, 1024),
-    (152, 0.1, 4 * 51), (200, 0.01, 4 * 5), (18, 0.001, 1)])
+    (18, 1.0, 512), deep(34, 2.0, 1024), deep(50, 1.0, 2048), deep(101, 0.5, 1024),
+    deep(152, 0.1, 4 * 51), (200, 0.01, 4 * 5), (18, 0.001, 1)])
 def test_output_dim(depth, width, output_dim):
     assert resnet(depth, width_multiplier=width).output_dim == output_dim
 

@@ -29,7 +29,7 @@ import configs  # noqa: E402
 import datasets  # noqa: E402
 import run  # noqa: E402
 import trainer_jax  # noqa: E402
-from test_run import TINY, command_line, read_json, saved_groups, scalars  # noqa: E402
+from test_run import TINY, read_json, saved_groups, scalars, train  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -84,13 +84,6 @@ def test_two_devices_give_the_loss_gradients_and_statistics_of_one(loss, prior):
     assert total > 0 and error <= 1e-5 * total, error / total
     for a, b in zip(stats_2, stats_1):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def train(model_dir, **flags):
-    run.FLAGS.unparse_flags()
-    run.parse_flags(command_line(model_dir, **flags))
-    run.run_main(["run.py"])
-    return read_json(os.path.join(model_dir, "result.json"))
 
 
 def final_weights(model_dir):
