@@ -15,6 +15,7 @@ import math
 import keras
 from keras import ops
 
+import initializers
 import lars_optimizer
 import resnet
 
@@ -32,7 +33,7 @@ LEARNING_RATE_SCALINGS = ("linear", "sqrt")
 
 def dense_initializer():
     """N(0, 0.01²), the original's initialiser for head kernels."""
-    return keras.initializers.RandomNormal(stddev=0.01)
+    return initializers.Normal(stddev=0.01)
 
 
 class LinearLayer(keras.layers.Layer):

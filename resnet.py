@@ -24,6 +24,8 @@ Images are channels-last.
 import keras
 from keras import ops
 
+import initializers
+
 BATCH_NORM_EPSILON = 1e-5
 
 # Smallest width of the descriptor inside a Selective Kernel unit.
@@ -59,9 +61,7 @@ def scaled_channels(channels, width_multiplier):
 
 def conv_kernel_initializer():
     """The original's kernel initialiser: truncated normal, var = 1 / fan_in."""
-    return keras.initializers.VarianceScaling(
-        scale=1.0, mode="fan_in", distribution="truncated_normal"
-    )
+    return initializers.FanInTruncatedNormal(scale=1.0)
 
 
 def fixed_padding_amounts(kernel_size):

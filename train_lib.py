@@ -15,6 +15,7 @@ the gradient of the global batch (the contrastive loss reaches other
 replicas' rows through `gather`); under JAX the whole global batch is one
 program sharded over the devices, R = 1 and `gather` is the identity.
 """
+import keras
 from keras import ops
 
 import config as config_lib
@@ -49,7 +50,7 @@ def build_model(cfg, num_classes, view_channels):
         probe_batch_norm=cfg.probe_batch_norm, probe_view=cfg.probe_view,
         view_channels=view_channels)
     channels = view_channels * num_input_views(cfg)
-    model(ops.zeros((2, cfg.image_size, cfg.image_size, channels)), training=False)
+    model(keras.KerasTensor((2, cfg.image_size, cfg.image_size, channels)), training=False)
     return model
 
 

@@ -25,6 +25,7 @@ import checkpoint as checkpoint_lib
 import configs
 import datasets
 import run
+import train_lib
 import trainer_tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +89,17 @@ def test_core_passes_under_jax(jax_session):
     deep = [name for name, why in skipped.items() if why.startswith("ResNet-34 and deeper")]
     assert len(edge) + len(deep) == len(skipped), skipped
     assert len(edge) <= 6 and len(deep) <= 16, sorted(skipped)
+
+
+def test_same_seed_gives_the_same_initial_weights_under_both_backends(jax_session):
+    _, run_dir = jax_session
+    cfg, source = configs.resolve(mode="eval", model_dir=str(run_dir))
+    keras.utils.set_random_seed(11)
+    model = train_lib.build_model(cfg, source.num_classes, 3)
+    expected = np.load(run_dir / "jax_initial_weights.npz")
+    assert sorted(expected.files) == sorted(v.path for v in model.variables)
+    for variable in model.variables:
+        assert np.asarray(variable).tobytes() == expected[variable.path].tobytes(), variable.path
 
 
 def test_jax_checkpoint_evaluates_under_tensorflow(jax_session, capfd):

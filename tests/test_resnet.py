@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import initializers
 import resnet as resnet_lib
 from backend import deep
 from backend import tensorflow_only
@@ -281,6 +282,26 @@ def test_initializers():
     assert all(layer.epsilon == EPS and layer.momentum == pytest.approx(0.9)
                for layer in model._flatten_layers()
                if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_initial_weights_follow_the_seed():
+    """keras.utils.set_random_seed fixes the numpy-drawn initial weights."""
+    def kernels(seed):
+        keras.utils.set_random_seed(seed)
+        model = built(18, width_multiplier=0.125)
+        return [keras.ops.convert_to_numpy(v) for v in model.trainable_variables
+                if v.path.endswith("/kernel")]
+    first, again, other = kernels(3), kernels(3), kernels(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_normal_initializer_has_its_stddev():
+    keras.utils.set_random_seed(0)
+    values = keras.ops.convert_to_numpy(initializers.Normal(stddev=0.01)((400, 300)))
+    assert values.dtype == np.float32
+    assert abs(values.mean()) < 3 * 0.01 / np.sqrt(values.size)
+    np.testing.assert_allclose(values.std(), 0.01, rtol=0.01)
 
 
 def test_batch_norm_decay_and_global_bn_are_passed_on():

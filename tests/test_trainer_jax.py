@@ -7,7 +7,8 @@ devices by tests/test_backends.py (skipped under TensorFlow).
   repeats itself with --deterministic;
 - the run it leaves in $SIMCLR_JAX_RUN_DIR (with the logits of its final
   weights on the digits test split) is what tests/test_backends.py evaluates
-  under TensorFlow.
+  under TensorFlow, with the initial weights of a model built after
+  seeding, which must be those TensorFlow builds.
 """
 import glob
 import json
@@ -28,6 +29,7 @@ import checkpoint as checkpoint_lib  # noqa: E402
 import configs  # noqa: E402
 import datasets  # noqa: E402
 import run  # noqa: E402
+import train_lib  # noqa: E402
 import trainer_jax  # noqa: E402
 from test_run import TINY, read_json, saved_groups, scalars, train  # noqa: E402
 
@@ -131,3 +133,8 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
             np.asarray(trainer._logits(trainer.state[0], trainer.state[1], rgb)))
     with open(os.path.join(run_dir, "jax_result.json"), "w") as f:
         json.dump(result, f)
+    # And the initial weights of a model built after seeding.
+    keras.utils.set_random_seed(11)
+    fresh = train_lib.build_model(cfg, source.num_classes, 3)
+    np.savez(os.path.join(run_dir, "jax_initial_weights.npz"),
+             **{v.path: np.asarray(v) for v in fresh.variables})
