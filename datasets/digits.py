@@ -40,7 +40,7 @@ MAX_INTENSITY = 16
 PRESET = dict(
     mode="train_then_eval", image_size=8, resnet_depth=18,
     width_multiplier=0.25, sk_ratio=0.0625, train_batch_size=256,
-    train_epochs=80, warmup_epochs=5, optimizer="adam", learning_rate=3e-3,
+    train_epochs=60, warmup_epochs=5, optimizer="adam", learning_rate=3e-3,
     weight_decay=1e-6, temperature=0.2, proj_out_dim=64, num_proj_layers=2,
     eval_split="test", eval_batch_size=500, checkpoint_epochs=10,
     use_blur=False, use_flip=False, color_jitter_strength=0.3,
