@@ -50,7 +50,12 @@ def build_model(cfg, num_classes, view_channels):
         probe_batch_norm=cfg.probe_batch_norm, probe_view=cfg.probe_view,
         view_channels=view_channels)
     channels = view_channels * num_input_views(cfg)
-    model(keras.KerasTensor((2, cfg.image_size, cfg.image_size, channels)), training=False)
+    # Traced, not run: an eager forward pass would compile every op under JAX.
+    # compute_output_spec (not a symbolic __call__) allows a None head output.
+    # The model's name scope keeps the variable paths of a __call__.
+    with keras.name_scope(model.name, caller=model):
+        model.compute_output_spec(
+            keras.KerasTensor((2, cfg.image_size, cfg.image_size, channels)), training=False)
     return model
 
 
