@@ -37,8 +37,8 @@ def num_input_views(cfg):
 
 
 def build_model(cfg, num_classes, view_channels):
-    """The `model.Model` of the flags, built (variables created) on a
-    dummy batch of `num_input_views(cfg)` views of `view_channels` each."""
+    """The `model.Model` of the flags, built (variables created) by tracing
+    a symbolic batch of `num_input_views(cfg)` views of `view_channels` each."""
     model = model_lib.Model(
         num_classes, image_size=cfg.image_size, train_mode=cfg.train_mode,
         resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
