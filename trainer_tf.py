@@ -147,15 +147,21 @@ class Trainer:
         logs["gradients_finite"] = train_lib.all_finite(grads)
         return grads, logs
 
-    def train_step(self, features, labels):
-        """Per replica: one optimizer step; returns the logs."""
-        grads, logs = self.gradients(features, labels)
+    def apply_gradients(self, grads):
+        """Per replica: applies `gradients`' output (summed over replicas by
+        the optimizers), the online probe's part with its own optimizer when
+        it has one."""
         pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
         if self.probe_optimizer is not None:
             probe_pairs, pairs = train_lib.split_probe(self.model, pairs,
                                                        variable=lambda pair: pair[1])
             self.probe_optimizer.apply_gradients(probe_pairs)
         self.optimizer.apply_gradients(pairs)
+
+    def train_step(self, features, labels):
+        """Per replica: one optimizer step; returns the logs."""
+        grads, logs = self.gradients(features, labels)
+        self.apply_gradients(grads)
         return logs
 
     def train_iterator(self, source, start_step=0):

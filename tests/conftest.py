@@ -23,6 +23,8 @@ tf.config.set_logical_device_configuration(
 
 import pytest  # noqa: E402
 
+import jax_session  # noqa: E402  (names the session's directory before workers start)
+
 
 @pytest.fixture(scope="session")
 def mirrored_strategy():
@@ -36,14 +38,33 @@ def mirrored_strategy():
     return tf.distribute.MirroredStrategy(devices)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "processes: runs several Python processes side by side, which keep both "
+        "cores busy; run after the other tests, when the JAX session (about one core) is "
+        "usually done")
+
+
 @pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have chosen
 def pytest_collection_modifyitems(config, items):
-    """tests/test_backends.py waits for a JAX test session in a subprocess:
-    start it now and run those tests last, so that the two backends' tests
-    run side by side."""
+    """Tests marked `processes` run after the others. tests/test_backends.py
+    waits for a JAX test session in a subprocess (tests/jax_session.py):
+    its tests run last and the session starts now, so that the two
+    backends' tests run side by side. Under pytest-xdist the controller
+    starts it instead (below)."""
+    items.sort(key=lambda item: item.get_closest_marker("processes") is not None)  # stable
     if os.environ["KERAS_BACKEND"] != "tensorflow":
         return
     waiting = [item for item in items if item.module.__name__ == "test_backends"]
     if waiting:
         items[:] = [item for item in items if item not in waiting] + waiting
-        waiting[0].module.start_jax_session()
+        if not hasattr(config, "workerinput"):
+            jax_session.start()
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """The controller starts the JAX session when a worker collected
+    tests/test_backends.py."""
+    if os.environ["KERAS_BACKEND"] == "tensorflow" and any(
+            i.startswith("tests/test_backends.py") for i in ids):
+        jax_session.start()

@@ -1,20 +1,14 @@
 """The backend-neutral core under JAX, and runs that cross backends.
 
-One subprocess runs the core's tests (objective, model, resnet, LARS,
-metrics) and the JAX edge's (tests/test_trainer_jax.py) under
-KERAS_BACKEND=jax with two host devices, started at collection and running
-alongside the TensorFlow tests (tests/conftest.py), whose own tests here run
-last; it leaves a JAX-trained run, whose
-checkpoint this process (TensorFlow) then restores and evaluates: the logits
-of its weights must be those JAX computed, and `--mode=eval` must report
-JAX's accuracy.
+One subprocess (tests/jax_session.py) runs the core's tests (objective,
+model, resnet, LARS, metrics) and the JAX edge's (tests/test_trainer_jax.py)
+under KERAS_BACKEND=jax with two host devices, started at collection and
+running alongside the TensorFlow tests, whose own tests here run last; it
+leaves a JAX-trained run, whose checkpoint this process (TensorFlow) then
+restores and evaluates: the logits of its weights must be those JAX
+computed, and `--mode=eval` must report JAX's accuracy.
 """
 import json
-import os
-import pathlib
-import subprocess
-import sys
-import tempfile
 import xml.etree.ElementTree as ElementTree
 
 import keras
@@ -24,51 +18,19 @@ import pytest
 import checkpoint as checkpoint_lib
 import configs
 import datasets
+import jax_session as jax_session_lib
 import run
 import train_lib
 import trainer_tf
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE_TESTS = ["tests/test_objective.py", "tests/test_model.py", "tests/test_resnet.py",
-              "tests/test_lars_optimizer.py", "tests/test_metrics.py",
-              "tests/test_trainer_jax.py"]
-
-
-# XLA's backend optimisations are off in the JAX session: these tests are
-# dominated by compiling many small programs (2.3x faster at level 0), and
-# what they check is the project's code, not XLA's optimiser.
-JAX_XLA_FLAGS = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
-_session = {}
-
-
-def start_jax_session():
-    """Starts the JAX session in the background (tests/conftest.py does it at
-    collection, so that it runs while the TensorFlow tests do)."""
-    if "process" in _session:
-        return
-    base = tempfile.mkdtemp(prefix="jax_session_")
-    report, run_dir = os.path.join(base, "report.xml"), os.path.join(base, "run")
-    env = dict(os.environ, KERAS_BACKEND="jax", SIMCLR_JAX_RUN_DIR=run_dir,
-               XLA_FLAGS=JAX_XLA_FLAGS, PYTHONPATH=ROOT)
-    log = open(os.path.join(base, "output.txt"), "w+")
-    _session.update(report=report, run_dir=run_dir, log=log, process=subprocess.Popen(
-        [sys.executable, "-m", "pytest", *CORE_TESTS, "-q", "-p", "no:cacheprovider",
-         f"--junitxml={report}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
 
 
 @pytest.fixture(scope="module")
 def jax_session():
     """(junit report root, the run directory the JAX tests trained)."""
-    start_jax_session()
-    process, log = _session["process"], _session["log"]
-    try:
-        returncode = process.wait(timeout=1800)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    log.seek(0)
-    assert returncode == 0, log.read()[-8000:]
-    return ElementTree.parse(_session["report"]).getroot(), pathlib.Path(_session["run_dir"])
+    returncode, output = jax_session_lib.wait()
+    assert returncode == 0, output[-8000:]
+    return (ElementTree.parse(jax_session_lib.DIRECTORY / "report.xml").getroot(),
+            jax_session_lib.DIRECTORY / "run")
 
 
 def test_core_passes_under_jax(jax_session):

@@ -1,6 +1,6 @@
 """`--deterministic`: the same command twice gives bit-identical summaries
-and weights, and so does a run killed with SIGKILL after a checkpoint and
-started again with the same command.
+and weights, also when the second run is killed with SIGKILL after a
+checkpoint and started again with the same command.
 
 Real `python run.py` processes (TensorFlow backend), tiny configuration;
 their stdout is a pipe, so the progress must come as plain lines.
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from test_run import ROOT, TINY, command_line, saved_groups, scalars
@@ -51,33 +52,43 @@ def training_scalars(model_dir):
             if tag.startswith("train/") or tag == "learning_rate"}
 
 
+@pytest.mark.processes
 def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
-    first, second, killed = tmp_path / "first", tmp_path / "second", tmp_path / "killed"
-    runs = [launch(first), launch(second)]  # side by side, on two cores
-    out, _ = [finish(process) for process in runs]
+    """Two runs of the same command, side by side on two cores: one runs
+    through; the other is killed after its first checkpoint and started
+    again. Every scalar that either process of the second run logged, and
+    its final state, must be the first run's bit for bit: the part before
+    the kill repeats a fresh run, the part after it a resumed one."""
+    first, killed = tmp_path / "first", tmp_path / "killed"
+    runs = [launch(first), launch(killed)]
+    deadline = time.time() + 300
+    # After a complete checkpoint: the state file names it.
+    while tf.train.latest_checkpoint(str(killed)) is None:
+        assert runs[1].poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    runs[1].send_signal(signal.SIGKILL)
+    runs[1].communicate(timeout=60)
+    assert runs[1].returncode == -signal.SIGKILL
+    interrupted_at = int(tf.train.latest_checkpoint(str(killed)).rsplit("-", 1)[1])
+    assert interrupted_at < STEPS, "the run finished before it was killed"
+    before_resume = training_scalars(killed)
+    resumed = launch(killed)
+
+    out = finish(runs[0])
     assert f"step {STEPS}/{STEPS}" in out
     assert "\x1b[" not in out and "\r" not in out and "\b" not in out
     reference = training_scalars(first)
     assert sorted(s for s, _ in reference["train/total_loss"]) == list(range(5, STEPS + 1, 5))
-    assert training_scalars(second) == reference
-    assert_same_state(final_state(second), final_state(first))
-
-    process = launch(killed)
-    deadline = time.time() + 300
-    # After a complete checkpoint: the state file names it.
-    while tf.train.latest_checkpoint(str(killed)) is None:
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    interrupted_at = int(tf.train.latest_checkpoint(str(killed)).rsplit("-", 1)[1])
-    assert interrupted_at < STEPS, "the run finished before it was killed"
-    out = finish(launch(killed))
+    out = finish(resumed)
     assert f"resumed from {killed}/ckpt-{interrupted_at}" in out
-    # Every logged point, from both processes, is the uninterrupted run's.
     expected = {tag: dict(points) for tag, points in reference.items()}
-    for tag, points in training_scalars(killed).items():
+    logged = training_scalars(killed)
+    # Summaries are flushed before each checkpoint: the killed process logged
+    # up to its checkpoint at least, and the two processes cover every step.
+    before = {s for s, _ in before_resume["train/total_loss"]}
+    assert set(range(5, interrupted_at + 1, 5)) <= before
+    assert {s for s, _ in logged["train/total_loss"]} == set(range(5, STEPS + 1, 5))
+    for tag, points in logged.items():
         for step, value in points:
             assert value == expected[tag][step], (tag, step)
     assert_same_state(final_state(killed), final_state(first))

@@ -75,21 +75,32 @@ def shard(strategy, array):
         lambda ctx: array[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
 
 
-def gradients_on(trainer, features, labels):
-    """(global loss logs, summed gradients) of one training forward and
-    backward pass of `trainer` on the global batch."""
+def steps_on(trainer, batches):
+    """One optimizer step of `trainer` per global batch of `batches`, each
+    replica on its rows; returns [(global loss logs, gradients summed over
+    replicas, moving batch-norm statistics after the step)] per step."""
     strategy = trainer.strategy
 
+    def replica_step(features, labels):
+        grads, logs = trainer.gradients(features, labels)
+        trainer.apply_gradients(grads)
+        return grads, logs
+
     @tf.function
-    def compute(features, labels):
-        grads, logs = strategy.run(trainer.gradients, (features, labels))
+    def step(features, labels):
+        grads, logs = strategy.run(replica_step, (features, labels))
         grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
         logs = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
         return grads, logs
 
-    grads, logs = compute(shard(strategy, features), shard(strategy, labels))
     names = [v.path for v in trainer.model.trainable_variables]
-    return {k: float(v) for k, v in logs.items()}, dict(zip(names, [np.asarray(g) for g in grads]))
+    results = []
+    for features, labels in batches:
+        grads, logs = step(shard(strategy, features), shard(strategy, labels))
+        results.append(({k: float(v) for k, v in logs.items()},
+                        dict(zip(names, [np.asarray(g) for g in grads])),
+                        moving_statistics(trainer.model)))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -105,25 +116,35 @@ def moving_statistics(model):
 
 
 @pytest.fixture(scope="module")
-def ntxent_on_both(strategies):
-    """{strategy: (logs, gradients, moving BN statistics)} of one NT-Xent
-    training pass on the same weights and global batch."""
-    cfg = tiny_config("ntxent")
-    features, labels = global_batch()
-    weights = build(cfg, strategies[0]).model.get_weights()
+def trained_on_both(strategies):
+    """Two optimizer steps of the whole model (ResNet, projection head,
+    online probe with its own optimizer, weight decay) under NT-Xent with
+    global batch norm, from the same weights on the same global batches, on
+    one device and on two replicas: per strategy, the steps of `steps_on`
+    and every variable and optimizer slot at the end. Nesterov momentum, not
+    LARS: LARS's trust ratio would rescale away a step taken with a wrong
+    1/R; its weight decay is then an explicit loss term, whose gradient is
+    compared too."""
+    cfg = tiny_config("ntxent", probe_learning_rate=1.0, optimizer="momentum")
+    first = build(cfg, strategies[0])
+    initial = first.model.get_weights()
+    start = {v.path: np.asarray(v) for v in first.model.variables}
     results = []
     for strategy in strategies:
-        trainer = build(cfg, strategy, weights)
-        logs, grads = gradients_on(trainer, features, labels)
-        results.append((logs, grads, moving_statistics(trainer.model)))
-    return results
+        trainer = first if strategy is strategies[0] else build(cfg, strategy, initial)
+        assert trainer.probe_optimizer is not None
+        steps = steps_on(trainer, [global_batch(seed) for seed in range(2)])
+        groups = checkpoint.variable_groups(trainer.model, trainer.optimizers)
+        final = {f"{g}/{k}": np.asarray(v) for g, group in groups.items() for k, v in group.items()}
+        results.append(dict(steps=steps, final=final))
+    return results, start
 
 
-def test_mirrored_matches_single_device(ntxent_on_both):
-    """The whole model (ResNet, projection head, online probe, weight decay)
-    under NT-Xent with global batch norm: same losses and gradients."""
-    (logs_1, grads_1, _), (logs_2, grads_2, _) = ntxent_on_both
-    for key in ("contrast_loss", "supervised_loss", "total_loss"):
+def test_mirrored_matches_single_device(trained_on_both):
+    """The first step's losses and gradients agree."""
+    (single, mirrored), _ = trained_on_both
+    (logs_1, grads_1, _), (logs_2, grads_2, _) = single["steps"][0], mirrored["steps"][0]
+    for key in ("contrast_loss", "supervised_loss", "weight_decay", "total_loss"):
         np.testing.assert_allclose(logs_2[key], logs_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert grads_1.keys() == grads_2.keys()
     # The whole gradient agrees to 1e-5 relative. Single variables whose
@@ -144,42 +165,24 @@ def test_mirrored_matches_single_device(ntxent_on_both):
     assert nonzero > len(grads_1) // 2
 
 
-def test_batch_norm_statistics_are_global(ntxent_on_both):
+def test_batch_norm_statistics_are_global(trained_on_both):
     """With global_bn the moving statistics after one training-mode pass
     equal the single-device ones, although each replica sees only half of
     the batch (local variances would differ, and so would every later
     layer's input)."""
-    (_, _, stats_1), (_, _, stats_2) = ntxent_on_both
+    (single, mirrored), _ = trained_on_both
+    stats_1, stats_2 = single["steps"][0][2], mirrored["steps"][0][2]
     assert stats_1.keys() == stats_2.keys() and stats_1
     for name in stats_1:
         np.testing.assert_allclose(stats_2[name], stats_1[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_probe_optimizer_steps_match_on_two_replicas(strategies):
-    """Two optimizer steps with the probe's own optimizer (--probe_learning_rate)
-    next to the main one: every variable, slot and step count ends equal on
+def test_probe_optimizer_steps_match_on_two_replicas(trained_on_both):
+    """After two steps with the probe's own optimizer (--probe_learning_rate)
+    next to the main one, every variable, slot and step count is equal on
     two replicas and on one device, and the probe did move."""
-    cfg = tiny_config("ntxent", probe_learning_rate=1.0, optimizer="momentum")
-    first = build(cfg, strategies[0])
-    initial = first.model.get_weights()
-    start = {v.path: np.asarray(v) for v in first.model.variables}
-    finals = []
-    for strategy in strategies:
-        trainer = build(cfg, strategy, initial)
-        assert trainer.probe_optimizer is not None
-
-        @tf.function
-        def step(features, labels):
-            strategy.run(trainer.train_step, (features, labels))
-
-        for seed in range(2):
-            features, labels = global_batch(seed)
-            step(shard(strategy, features), shard(strategy, labels))
-        groups = checkpoint.variable_groups(trainer.model, trainer.optimizers)
-        finals.append({f"{g}/{k}": np.asarray(v) for g, group in groups.items()
-                       for k, v in group.items()})
-        paths = [v.path for v in trainer.model.variables]
-    single, mirrored = finals
+    (single, mirrored), start = trained_on_both
+    single, mirrored = single["final"], mirrored["final"]
     assert single.keys() == mirrored.keys()
     # The probe's variables and slots each to 1e-4 of their norm, the whole
     # state to 1e-5 of its norm: two steps carry the float32 summation-order
@@ -195,7 +198,7 @@ def test_probe_optimizer_steps_match_on_two_replicas(strategies):
     total = np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in single.values()))
     assert np.sqrt(sum(error(k) ** 2 for k in single)) <= 1e-5 * total
     assert single["optimizer/iteration"] == single["probe_optimizer/iteration"] == 2
-    probe_kernel = [p for p in paths if "head_supervised" in p and p.endswith("kernel")]
+    probe_kernel = [p for p in start if "head_supervised" in p and p.endswith("kernel")]
     assert probe_kernel and not np.allclose(single[f"model/{probe_kernel[0]}"], start[probe_kernel[0]])
 
 
@@ -258,6 +261,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.processes
 def test_multi_worker_matches_one_process(tmp_path):
     """Two worker processes (one replica each) on 127.0.0.1 train the same
     steps as one process on the whole batch, and report the same losses."""

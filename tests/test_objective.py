@@ -15,6 +15,7 @@ import scipy.special
 from keras import ops
 
 import objective
+from backend import BACKEND
 from backend import dtype_name
 from backend import value_and_grad
 
@@ -410,7 +411,9 @@ def test_contrastive_accuracy_known_values_and_replicas():
 # Distribution contract.
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("replicas", [2, 4])
+# Under JAX, where each case costs two compiles, 4 replicas only: the
+# slicing and the replica offsets are the same code for 2.
+@pytest.mark.parametrize("replicas", [2, 4] if BACKEND == "tensorflow" else [4])
 @pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
 def test_mean_over_replicas_equals_global_loss_and_gradient(name, params, replicas):
     size, dim = 8, 5
