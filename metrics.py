@@ -2,10 +2,22 @@
 
 The contrastive summaries (accuracy and entropy of the view-1 → view-2
 logits) live next to the losses in `objective.py`; this module holds the
-supervised ones the trainer logs and evaluates.
+supervised ones the trainer logs and evaluates, and the representation
+metrics of `../shared/reference/losses_and_metrics.md` §2.5, §3.2 and §4.
+
+The representation metrics take numpy arrays or backend tensors, compute in
+float32 and return a float32 scalar. Pairwise ones work through blocks of
+`chunk_size` rows against all rows, so memory grows as chunk_size · N, not
+N².
 """
+import math
+
 import keras
 from keras import ops
+
+from objective import l2_normalize
+
+CHUNK_SIZE = 1024
 
 
 def supervised_loss_and_accuracy(labels, logits):
@@ -23,3 +35,72 @@ def top_k_correct(labels, logits, ks=(1, 5)):
     logits = ops.cast(logits, "float32")
     labels = ops.cast(labels, "int32")
     return tuple(ops.sum(ops.cast(ops.in_top_k(labels, logits, k), "float32")) for k in ks)
+
+
+def _rows(z):
+    return ops.cast(ops.convert_to_tensor(z), "float32")
+
+
+def _upper_pairs(start, stop, n):
+    """[stop − start, n] mask of the pairs (i, j) with i in start..stop − 1
+    and j > i."""
+    i = ops.expand_dims(ops.arange(start, stop), 1)
+    j = ops.expand_dims(ops.arange(n), 0)
+    return ops.greater(j, i)
+
+
+def alignment(z1, z2, alpha=2):
+    """Alignment of Wang & Isola (2020): mean_i ‖ẑ1_i − ẑ2_i‖^α over the
+    positive pairs (row i of each view), rows L2-normalised inside."""
+    diff = l2_normalize(_rows(z1)) - l2_normalize(_rows(z2))
+    squared = ops.sum(ops.square(diff), axis=-1)
+    distance = squared if alpha == 2 else ops.power(squared, alpha / 2.0)
+    return ops.mean(distance)
+
+
+def uniformity(z, t=2, chunk_size=CHUNK_SIZE):
+    """Uniformity of Wang & Isola (2020): log mean_{i<j} exp(−t‖ẑ_i − ẑ_j‖²)
+    over the distinct pairs of one view, rows L2-normalised inside, as a
+    log-sum-exp (‖ẑ_i − ẑ_j‖² = 2 − 2 ẑ_iᵀẑ_j). 0 for a constant encoder;
+    −2t + log ₀F₁(; m/2; t²) at best in m dimensions."""
+    z = l2_normalize(_rows(z))
+    n = int(z.shape[0])
+    if n < 2:
+        raise ValueError(f"uniformity needs at least 2 rows, got {n}")
+    blocks = []
+    for start in range(0, n - 1, chunk_size):
+        stop = min(start + chunk_size, n - 1)
+        exponent = 2.0 * t * ops.matmul(z[start:stop], ops.transpose(z)) - 2.0 * t
+        exponent = ops.where(_upper_pairs(start, stop, n), exponent, -math.inf)
+        blocks.append(ops.logsumexp(exponent))
+    return ops.logsumexp(ops.stack(blocks)) - math.log(n * (n - 1) / 2)
+
+
+def tolerance(z, labels, chunk_size=CHUNK_SIZE):
+    """Tolerance of Wang & Liu (2021): the mean cosine ẑ_iᵀẑ_j over the
+    pairs i < j of the same label, pooled over labels, rows L2-normalised
+    inside (Koromilas et al.'s conditional mean). NaN when no two rows share
+    a label."""
+    z = l2_normalize(_rows(z))
+    labels = ops.convert_to_tensor(labels)
+    n = int(z.shape[0])
+    total = ops.zeros((), "float32")
+    count = ops.zeros((), "float32")
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        same = ops.equal(ops.expand_dims(labels[start:stop], 1), ops.expand_dims(labels, 0))
+        mask = ops.cast(ops.logical_and(same, _upper_pairs(start, stop, n)), "float32")
+        total += ops.sum(ops.matmul(z[start:stop], ops.transpose(z)) * mask)
+        count += ops.sum(mask)
+    return total / count
+
+
+def effective_rank(z, epsilon=1e-7):
+    """Effective rank (RankMe, Garrido et al. 2023) of the raw [N, m] matrix,
+    not normalised, not centred: with σ its singular values and
+    p_k = (σ_k/‖σ‖₁ + ε) renormalised to sum to 1, exp(−Σ_k p_k log p_k),
+    in [1, min(N, m)]; k equal non-zero singular values give k."""
+    sigma = ops.svd(_rows(z), full_matrices=False, compute_uv=False)
+    p = sigma / ops.maximum(ops.sum(sigma), 1e-30) + epsilon
+    p = p / ops.sum(p)
+    return ops.exp(-ops.sum(p * ops.log(p)))

@@ -31,3 +31,87 @@ def test_top_k_correct_counts_rows_with_the_label_among_the_k_largest():
     counts = metrics.top_k_correct(labels, logits, (1, 3, 9))
     assert [float(c) for c in counts] == [np.sum(ranks < k) for k in (1, 3, 9)]
     assert float(counts[-1]) == 40
+
+
+# ---------------------------------------------------------------------------
+# Representation metrics, against numpy written here.
+# ---------------------------------------------------------------------------
+def embeddings(rows=23, dim=6, seed=2):
+    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+
+
+def unit(z):
+    z = np.asarray(z, np.float64)
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def pairs(n):
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+@pytest.mark.parametrize("alpha", [2, 1, 0.5])
+def test_alignment_matches_numpy(alpha):
+    z1, z2 = embeddings(seed=3), embeddings(seed=4)
+    expected = np.mean(np.linalg.norm(unit(z1) - unit(z2), axis=1) ** alpha)
+    np.testing.assert_allclose(float(metrics.alignment(z1, z2, alpha=alpha)), expected, rtol=1e-5)
+    assert float(metrics.alignment(z1, 5.0 * z1)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("t", [2, 0.5])
+@pytest.mark.parametrize("chunk_size", [1024, 5, 1])
+def test_uniformity_matches_numpy(t, chunk_size):
+    z = embeddings()
+    u = unit(z)
+    expected = np.log(np.mean([np.exp(-t * np.sum((u[i] - u[j]) ** 2)) for i, j in pairs(len(z))]))
+    got = metrics.uniformity(z, t=t, chunk_size=chunk_size)
+    assert dtype_name(got) == "float32"
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # Rows are normalised inside: the scale of a row does not matter.
+    scaled = z * np.random.default_rng(5).uniform(0.1, 10.0, size=(len(z), 1)).astype(np.float32)
+    np.testing.assert_allclose(float(metrics.uniformity(scaled, t=t)), expected, rtol=1e-5)
+
+
+def test_uniformity_known_values():
+    # A constant encoder: every pair at distance 0.
+    constant = np.tile(embeddings(rows=1), (9, 1))
+    assert float(metrics.uniformity(constant)) == pytest.approx(0.0, abs=1e-6)
+    # Four rows at +1 and four at −1 in one dimension: 12 of the 28 pairs at
+    # distance 0, 16 at squared distance 4, so log((12 + 16 e^{−4t}) / 28).
+    line = np.array([[1.0], [-1.0]] * 4, np.float32)
+    expected = np.log((12 + 16 * np.exp(-8.0)) / 28)
+    np.testing.assert_allclose(float(metrics.uniformity(line)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 4])
+def test_tolerance_matches_numpy(chunk_size):
+    z = embeddings(rows=30)
+    labels = np.random.default_rng(6).integers(0, 4, len(z))
+    u = unit(z)
+    same = [u[i] @ u[j] for i, j in pairs(len(z)) if labels[i] == labels[j]]
+    got = metrics.tolerance(z, labels, chunk_size=chunk_size)
+    np.testing.assert_allclose(float(got), np.mean(same), rtol=1e-5)
+
+
+def test_tolerance_of_identical_rows_per_class_is_one():
+    centres = embeddings(rows=3, seed=7)
+    labels = np.array([0, 1, 2] * 5)
+    np.testing.assert_allclose(float(metrics.tolerance(centres[labels] * 2.0, labels)), 1.0,
+                               rtol=1e-6)
+
+
+def test_effective_rank_matches_numpy():
+    z = embeddings(rows=40, dim=8) * np.linspace(0.1, 3.0, 8).astype(np.float32)
+    sigma = np.linalg.svd(z.astype(np.float64), compute_uv=False)
+    p = sigma / sigma.sum() + 1e-7
+    p /= p.sum()
+    np.testing.assert_allclose(float(metrics.effective_rank(z)), np.exp(-np.sum(p * np.log(p))),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_effective_rank_of_k_equal_singular_values_is_k(k):
+    rng = np.random.default_rng(8)
+    u, _ = np.linalg.qr(rng.normal(size=(50, 6)))
+    v, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    z = (u[:, :k] * 2.5) @ v[:k]  # singular values 2.5 (k times) and 0
+    np.testing.assert_allclose(float(metrics.effective_rank(z.astype(np.float32))), k, rtol=1e-4)
