@@ -13,6 +13,7 @@ N².
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from objective import l2_normalize
@@ -104,3 +105,72 @@ def effective_rank(z, epsilon=1e-7):
     p = sigma / ops.maximum(ops.sum(sigma), 1e-30) + epsilon
     p = p / ops.sum(p)
     return ops.exp(-ops.sum(p * ops.log(p)))
+
+
+def pairwise_cosine_sample(z, num_samples, seed=0):
+    """Cosines ẑ_iᵀẑ_j of `num_samples` pairs i ≠ j drawn uniformly with
+    replacement (i uniform, j = i + U{1..N−1} mod N), rows L2-normalised
+    inside; the pairs come from numpy's generator seeded by `seed`, so both
+    backends draw the same ones."""
+    z = l2_normalize(_rows(z))
+    n = int(z.shape[0])
+    if n < 2:
+        raise ValueError(f"pairwise cosines need at least 2 rows, got {n}")
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, num_samples)
+    j = (i + rng.integers(1, n, num_samples)) % n
+    return ops.sum(ops.take(z, i, axis=0) * ops.take(z, j, axis=0), axis=-1)
+
+
+def sphere_cosine_sample(dim, num_samples, seed=0):
+    """Samples of the cosine uᵀv of two independent uniform points on
+    S^{dim−1}: c = 2B − 1 with B ~ Beta((dim−1)/2, (dim−1)/2), whose density
+    is Γ(m/2) / (√π Γ((m−1)/2)) (1 − c²)^{(m−3)/2} for m = dim ≥ 2."""
+    if dim < 2:
+        raise ValueError(f"the cosine law needs a dimension >= 2, got {dim}")
+    a = (dim - 1) / 2.0
+    return 2.0 * np.random.default_rng(seed).beta(a, a, num_samples) - 1.0
+
+
+def wasserstein_uniformity(z, num_samples=10000, seed=0):
+    """Wasserstein uniformity of Koromilas et al. (2024): the 1-D
+    1-Wasserstein distance between the cosines of `num_samples` random pairs
+    of distinct rows (`pairwise_cosine_sample`, rows L2-normalised inside)
+    and as many samples of the cosine law of the sphere of the rows' own
+    dimension m (`sphere_cosine_sample`). For two samples of equal size it is
+    mean_k |a_(k) − b_(k)| over the sorted values; 0 for uniform rows."""
+    cosines = ops.sort(pairwise_cosine_sample(z, num_samples, seed))
+    dim = int(ops.shape(z)[-1])
+    reference = np.sort(sphere_cosine_sample(dim, num_samples, seed + 1)).astype(np.float32)
+    return ops.mean(ops.abs(cosines - reference))
+
+
+def negative_hardness(z1, z2, temperature=0.1, k=1, chunk_size=CHUNK_SIZE):
+    """Negative-hardness diagnostics of Wang & Liu (2021) for a batch of
+    positive pairs (row i of each view), rows L2-normalised inside: every
+    one of the 2n rows is an anchor, its 2n − 2 negatives are the rows other
+    than itself and its positive, and p = softmax over those negatives of
+    ẑ_aᵀẑ_neg / τ. Returns (mean over anchors of the entropy −Σ p log p,
+    mean share of probability on the anchor's k most similar negatives):
+    log(2n − 2) and k / (2n − 2) when all negatives are equally similar."""
+    z = l2_normalize(ops.concatenate([_rows(z1), _rows(z2)], axis=0))
+    rows = int(z.shape[0])
+    n = rows // 2
+    if n < 2:
+        raise ValueError(f"negative hardness needs at least 2 pairs, got {n}")
+    if not 1 <= k <= rows - 2:
+        raise ValueError(f"k must be in 1..{rows - 2} (the negatives of an anchor), got {k}")
+    entropy = ops.zeros((), "float32")
+    top_share = ops.zeros((), "float32")
+    for start in range(0, rows, chunk_size):
+        stop = min(start + chunk_size, rows)
+        anchor = ops.expand_dims(ops.arange(start, stop), 1)
+        other = ops.expand_dims(ops.arange(rows), 0)
+        negative = ops.logical_and(ops.not_equal(other, anchor),
+                                   ops.not_equal(other, (anchor + n) % rows))
+        logits = ops.matmul(z[start:stop], ops.transpose(z)) / temperature
+        log_p = ops.log_softmax(ops.where(negative, logits, -math.inf), axis=-1)
+        p = ops.exp(log_p)
+        entropy += ops.sum(ops.where(negative, -p * log_p, 0.0))
+        top_share += ops.sum(ops.top_k(p, k)[0])
+    return entropy / rows, top_share / rows

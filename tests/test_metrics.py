@@ -1,6 +1,8 @@
 """Tests of metrics.py against numpy written here (both backends)."""
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 
 import metrics
 from backend import dtype_name
@@ -115,3 +117,79 @@ def test_effective_rank_of_k_equal_singular_values_is_k(k):
     v, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     z = (u[:, :k] * 2.5) @ v[:k]  # singular values 2.5 (k times) and 0
     np.testing.assert_allclose(float(metrics.effective_rank(z.astype(np.float32))), k, rtol=1e-4)
+
+
+def test_sphere_cosine_sample_has_the_law_of_the_sphere():
+    # Against pairs of normalised Gaussian points, the law it stands for.
+    dim = 7
+    rng = np.random.default_rng(9)
+    u, v = unit(rng.normal(size=(40000, dim))), unit(rng.normal(size=(40000, dim)))
+    sample = metrics.sphere_cosine_sample(dim, 40000, seed=1)
+    assert scipy.stats.wasserstein_distance(sample, np.sum(u * v, 1)) < 0.01
+    assert np.mean(sample) == pytest.approx(0.0, abs=0.01)
+    assert np.var(sample) == pytest.approx(1.0 / dim, rel=0.03)
+
+
+def expected_abs_cosine(m):
+    """E|uᵀv| on S^{m−1}: Γ(m/2) / (√π Γ((m+1)/2))."""
+    return float(np.exp(scipy.special.gammaln(m / 2) - scipy.special.gammaln((m + 1) / 2))
+                 / np.sqrt(np.pi))
+
+
+@pytest.mark.parametrize("dim", [16, 128])
+def test_wasserstein_uniformity_known_values(dim):
+    # Orthogonal rows: every cosine is 0, so W1 = E|C| of the sphere's law.
+    orthogonal = 3.0 * np.eye(dim, dtype=np.float32)
+    got = float(metrics.wasserstein_uniformity(orthogonal, num_samples=20000, seed=3))
+    np.testing.assert_allclose(got, expected_abs_cosine(dim), rtol=0.02)
+    # Identical rows: every cosine is 1, so W1 = E[1 − C] = 1.
+    same = np.tile(embeddings(rows=1, dim=dim), (5, 1))
+    got = float(metrics.wasserstein_uniformity(same, num_samples=20000, seed=3))
+    assert got == pytest.approx(1.0, abs=0.01)
+    # Points drawn uniformly on the sphere: near 0.
+    uniform = embeddings(rows=2000, dim=dim, seed=10)
+    assert float(metrics.wasserstein_uniformity(uniform, num_samples=20000)) < 0.01
+
+
+def test_wasserstein_uniformity_is_the_w1_of_its_two_samples():
+    z = embeddings(rows=50, dim=5) + 0.7  # far from uniform
+    cosines = np.asarray(metrics.pairwise_cosine_sample(z, 3000, seed=4))
+    reference = metrics.sphere_cosine_sample(5, 3000, seed=5)  # the metric's seed + 1
+    np.testing.assert_allclose(float(metrics.wasserstein_uniformity(z, num_samples=3000, seed=4)),
+                               scipy.stats.wasserstein_distance(cosines, reference), rtol=1e-4)
+    # Each sampled cosine is that of a pair of distinct rows (a row with
+    # itself would give 1, which no distinct pair of these rows comes near).
+    u = unit(z)
+    distinct = (u @ u.T)[~np.eye(50, dtype=bool)]
+    assert distinct.max() < 0.999
+    assert np.abs(cosines[:, None] - distinct[None, :]).min(axis=1).max() < 1e-5
+
+
+def hardness_numpy(z1, z2, temperature, k):
+    u = unit(np.concatenate([z1, z2]))
+    rows, n = len(u), len(z1)
+    entropies, shares = [], []
+    for a in range(rows):
+        negatives = [b for b in range(rows) if b != a and b != (a + n) % rows]
+        logits = u[negatives] @ u[a] / temperature
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        entropies.append(-np.sum(p * np.log(p)))
+        shares.append(np.sort(p)[::-1][:k].sum())
+    return np.mean(entropies), np.mean(shares)
+
+
+@pytest.mark.parametrize("temperature,k,chunk_size", [(0.1, 1, 1024), (0.5, 3, 5)])
+def test_negative_hardness_matches_numpy(temperature, k, chunk_size):
+    z1, z2 = embeddings(rows=9, seed=11), embeddings(rows=9, seed=12)
+    entropy, share = metrics.negative_hardness(z1, z2, temperature, k, chunk_size=chunk_size)
+    expected = hardness_numpy(z1, z2, temperature, k)
+    np.testing.assert_allclose([float(entropy), float(share)], expected, rtol=1e-5)
+
+
+def test_negative_hardness_of_equally_similar_negatives():
+    # Rows 0..3 of view 1 and their own positives: every negative is orthogonal.
+    z1 = np.eye(4, dtype=np.float32)
+    entropy, share = metrics.negative_hardness(z1, 2.0 * z1, temperature=0.2, k=2)
+    np.testing.assert_allclose(float(entropy), np.log(6), rtol=1e-6)
+    np.testing.assert_allclose(float(share), 2 / 6, rtol=1e-6)
