@@ -42,6 +42,15 @@ def _rows(z):
     return ops.cast(ops.convert_to_tensor(z), "float32")
 
 
+def _similarity_blocks(z, rows, chunk_size):
+    """(start, stop, z[start:stop] zᵀ) for the blocks of `chunk_size` rows
+    that cover rows 0..rows − 1 of `z`: [stop − start, N] each."""
+    transposed = ops.transpose(z)
+    for start in range(0, rows, chunk_size):
+        stop = min(start + chunk_size, rows)
+        yield start, stop, ops.matmul(z[start:stop], transposed)
+
+
 def _upper_pairs(start, stop, n):
     """[stop − start, n] mask of the pairs (i, j) with i in start..stop − 1
     and j > i."""
@@ -69,10 +78,9 @@ def uniformity(z, t=2, chunk_size=CHUNK_SIZE):
     if n < 2:
         raise ValueError(f"uniformity needs at least 2 rows, got {n}")
     blocks = []
-    for start in range(0, n - 1, chunk_size):
-        stop = min(start + chunk_size, n - 1)
-        exponent = 2.0 * t * ops.matmul(z[start:stop], ops.transpose(z)) - 2.0 * t
-        exponent = ops.where(_upper_pairs(start, stop, n), exponent, -math.inf)
+    for start, stop, similarity in _similarity_blocks(z, n - 1, chunk_size):
+        exponent = ops.where(_upper_pairs(start, stop, n), 2.0 * t * similarity - 2.0 * t,
+                             -math.inf)
         blocks.append(ops.logsumexp(exponent))
     return ops.logsumexp(ops.stack(blocks)) - math.log(n * (n - 1) / 2)
 
@@ -87,11 +95,10 @@ def tolerance(z, labels, chunk_size=CHUNK_SIZE):
     n = int(z.shape[0])
     total = ops.zeros((), "float32")
     count = ops.zeros((), "float32")
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    for start, stop, similarity in _similarity_blocks(z, n, chunk_size):
         same = ops.equal(ops.expand_dims(labels[start:stop], 1), ops.expand_dims(labels, 0))
         mask = ops.cast(ops.logical_and(same, _upper_pairs(start, stop, n)), "float32")
-        total += ops.sum(ops.matmul(z[start:stop], ops.transpose(z)) * mask)
+        total += ops.sum(similarity * mask)
         count += ops.sum(mask)
     return total / count
 
@@ -162,14 +169,13 @@ def negative_hardness(z1, z2, temperature=0.1, k=1, chunk_size=CHUNK_SIZE):
         raise ValueError(f"k must be in 1..{rows - 2} (the negatives of an anchor), got {k}")
     entropy = ops.zeros((), "float32")
     top_share = ops.zeros((), "float32")
-    for start in range(0, rows, chunk_size):
-        stop = min(start + chunk_size, rows)
+    other = ops.expand_dims(ops.arange(rows), 0)
+    for start, stop, similarity in _similarity_blocks(z, rows, chunk_size):
         anchor = ops.expand_dims(ops.arange(start, stop), 1)
-        other = ops.expand_dims(ops.arange(rows), 0)
         negative = ops.logical_and(ops.not_equal(other, anchor),
                                    ops.not_equal(other, (anchor + n) % rows))
-        logits = ops.matmul(z[start:stop], ops.transpose(z)) / temperature
-        log_p = ops.log_softmax(ops.where(negative, logits, -math.inf), axis=-1)
+        log_p = ops.log_softmax(ops.where(negative, similarity / temperature, -math.inf),
+                                axis=-1)
         p = ops.exp(log_p)
         entropy += ops.sum(ops.where(negative, -p * log_p, 0.0))
         top_share += ops.sum(ops.top_k(p, k)[0])

@@ -45,7 +45,7 @@ def start():
     with open(DIRECTORY / "output.txt", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pytest", *CORE_TESTS, "-q", "-p", "no:cacheprovider",
- f"--junitxml={DIRECTORY / 'report.xml'}"],
+             f"--junitxml={DIRECTORY / 'report.xml'}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def record_exit():
