@@ -70,7 +70,7 @@ PRESET_OWNERS = {
 SESSION_FLAGS = frozenset({
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size",
     "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
-    "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps",
+    "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
     "zero_init_logits_layer", "master", "use_tpu", "tpu_name", "tpu_zone",
     "gcp_project", "cache_dataset", "deterministic"})
@@ -375,13 +375,14 @@ def validators():
     checks = []
     for name in ("train_batch_size", "eval_batch_size", "image_size", "proj_out_dim",
                  "num_proj_layers", "width_multiplier", "keep_checkpoint_max",
-                 "keep_hub_module_max", "temperature", "align_alpha", "unif_t",
+                 "temperature", "align_alpha", "unif_t",
                  "hard_num_negatives", "log_every_steps"):
         checks.append((name, lambda v: v is None or v > 0, f"--{name} must be > 0"))
     for name in ("learning_rate", "warmup_epochs", "weight_decay", "train_epochs",
                  "train_steps", "eval_steps", "checkpoint_epochs", "checkpoint_steps",
                  "sk_ratio", "se_ratio", "color_jitter_strength", "lambda_weight",
-                 "gen_loss_scale", "kcl_gamma", "probe_learning_rate", "probe_weight_decay"):
+                 "gen_loss_scale", "kcl_gamma", "probe_learning_rate", "probe_weight_decay",
+                 "keep_hub_module_max"):
         checks.append((name, lambda v: v is None or v >= 0, f"--{name} must be >= 0"))
     checks += [
         ("resnet_depth", lambda v: v in RESNET_DEPTHS,

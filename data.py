@@ -209,6 +209,20 @@ def eval_input_fn(cfg, source):
         image_size=cfg.image_size, train_mode=cfg.train_mode)
 
 
+def heldout_input_fn(cfg, source, batch_size):
+    """Batches of `batch_size` held-out examples (--eval_split) for the
+    representation metrics: two augmented views (the run's augmentation)
+    and the evaluation view, [b, H, W, 3 * VIEW_CHANNELS], in a seeded order
+    with seeded views, so the first batch is the same at every checkpoint
+    and in every process of a run."""
+    return build_input_fn(
+        source, batch_size, is_training=True, split=cfg.eval_split,
+        image_size=cfg.image_size, train_mode="pretrain",
+        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
+        area_range=(cfg.crop_min_area, 1.0), num_views=2, flip=cfg.use_flip,
+        clean_view=True, seed=cfg.seed, deterministic=True)
+
+
 def build_distributed_dataset(input_fn, strategy):
     """Distributes the datasets of `input_fn` over the replicas of `strategy`.
 

@@ -1,12 +1,18 @@
-"""Evaluation: the supervised head's accuracy, baselines, and result files.
+"""Evaluation: the supervised head's accuracy, kNN, representation metrics,
+baselines, and result files.
 
 `evaluate` scores the supervised head (the online probe while pretraining)
-on --eval_split through the trainer of either backend; `compute_baselines`
-fits logistic regressions on raw pixels and on encoder features;
-`write_result` writes `result.json`, `result_<step>.json` and the eval
-summaries.
+on --eval_split through the trainer of either backend; `knn_top1` is the
+weighted kNN on h; `representation_metrics` measures h and z on a fixed
+held-out batch (at every checkpoint, `metrics.csv`, and in `result.json`);
+`compute_baselines` fits logistic regressions on raw pixels and on encoder
+features; `write_result` writes `result.json`, `result_<step>.json` and the
+eval summaries.
 """
+import csv
+import io
 import json
+import math
 import os
 
 import keras
@@ -17,7 +23,20 @@ from absl import logging
 import checkpoint as checkpoint_lib
 import data
 import data_util
+import metrics
 import train_lib
+
+# Rows of the held-out batch the representation metrics are measured on.
+HELDOUT_SIZE = 512
+METRICS_FILE = "metrics.csv"
+# Representation metrics, for h (encoder) and z (projection) each.
+METRIC_NAMES = ("alignment", "uniformity", "tolerance", "wasserstein_uniformity",
+                "effective_rank", "negative_entropy", "top_negative_share")
+# The kNN protocol as commonly reported (Wu et al. 2018): k = 200, τ = 0.1.
+KNN_K = 200
+KNN_TEMPERATURE = 0.1
+# kNN and baselines hold the training split's features in memory.
+MAX_FEATURE_EXAMPLES = 100_000
 
 
 def evaluate(cfg, trainer, source):
@@ -48,10 +67,86 @@ def encode_split(cfg, trainer, model, images, batch_size=512):
     return np.concatenate([trainer.encode(model, batch.numpy()) for batch in dataset])
 
 
-def compute_baselines(cfg, trainer, source):
-    """Logistic regression on raw pixels, on the trained encoder's h and on
-    an untrained encoder's h (eval-mode batch norm, no augmentation), all
-    standardised and scored on --eval_split."""
+def heldout_batch(cfg, source):
+    """(views [n, H, W, 3 · VIEW_CHANNELS], labels [n]) as numpy: the first
+    batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples)."""
+    size = min(HELDOUT_SIZE, source.num_examples(cfg.eval_split))
+    images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))
+    return images.numpy(), labels.numpy()
+
+
+def representation_metrics(cfg, trainer, batch):
+    """{"h/<name>", "z/<name>": float} of `METRIC_NAMES` for the trainer's
+    current weights on a `heldout_batch`, the model in inference mode:
+    alignment (α = 2) and the negative-hardness diagnostics (τ =
+    --temperature, top-1 share) of the two augmented views; uniformity
+    (t = 2), tolerance (by label), Wasserstein uniformity (10,000 pairs,
+    seed 0) and effective rank of the evaluation views (`metrics.py`)."""
+    images, labels = batch
+    c = data.VIEW_CHANNELS
+    (h1, z1), (h2, z2), (h, z) = [trainer.embed(images[..., v * c:(v + 1) * c])
+                                  for v in range(3)]
+    result = {}
+    for space, (a, b, clean) in (("h", (h1, h2, h)), ("z", (z1, z2, z))):
+        entropy, top_share = metrics.negative_hardness(a, b, temperature=cfg.temperature)
+        values = dict(
+            alignment=metrics.alignment(a, b), uniformity=metrics.uniformity(clean),
+            tolerance=metrics.tolerance(clean, labels),
+            wasserstein_uniformity=metrics.wasserstein_uniformity(clean),
+            effective_rank=metrics.effective_rank(clean), negative_entropy=entropy,
+            top_negative_share=top_share)
+        result.update({f"{space}/{name}": float(values[name]) for name in METRIC_NAMES})
+    return result
+
+
+def write_metrics_row(model_dir, step, values):
+    """Adds the row of `step` to model_dir/metrics.csv (columns: step, then
+    the keys of `values`), dropping rows of that step or later first: a run
+    resumed from an earlier checkpoint measures them again. Atomic."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    columns = ["step"] + list(values)
+    rows = []
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) < step]
+    rows.append(dict(values, step=step))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(text.getvalue())
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def split_features(cfg, trainer, source, model=None):
+    """(h_train, y_train, h_eval, y_eval) of --train_split and --eval_split
+    (`model`, else the trainer's), or None when the training split is over
+    MAX_FEATURE_EXAMPLES."""
+    if source.num_examples(cfg.train_split) > MAX_FEATURE_EXAMPLES:
+        return None
+    model = model or trainer.model
+    x_train, y_train = source.as_numpy(cfg.train_split)
+    x_eval, y_eval = source.as_numpy(cfg.eval_split)
+    return (encode_split(cfg, trainer, model, x_train), y_train,
+            encode_split(cfg, trainer, model, x_eval), y_eval)
+
+
+def knn_top1(features, num_classes):
+    """Top-1 of the weighted kNN on h (`metrics.knn_predict`, k = 200,
+    τ = 0.1) of `split_features`: eval rows classified by train rows."""
+    h_train, y_train, h_eval, y_eval = features
+    predicted = np.asarray(metrics.knn_predict(h_train, y_train, h_eval, num_classes,
+                                               KNN_K, KNN_TEMPERATURE))
+    return float(np.mean(predicted == y_eval))
+
+
+def compute_baselines(cfg, trainer, source, features):
+    """Logistic regression on raw pixels, on the trained encoder's h
+    (`features`, from `split_features`) and on an untrained encoder's h
+    (eval-mode batch norm, no augmentation), all standardised and scored on
+    --eval_split."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -64,17 +159,14 @@ def compute_baselines(cfg, trainer, source):
         classifier.fit(f_train, y_train)
         return float(classifier.score(f_test, y_test))
 
-    def features(model):
-        return (encode_split(cfg, trainer, model, x_train),
-                encode_split(cfg, trainer, model, x_test))
-
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
     keras.utils.set_random_seed(cfg.seed + 1)
     untrained = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    random_features = split_features(cfg, trainer, source, untrained)
     return {
         "raw_pixel_top1": fit_score(flat(x_train), flat(x_test)),
-        "random_encoder_top1": fit_score(*features(untrained)),
-        "encoder_logreg_top1": fit_score(*features(trainer.model)),
+        "random_encoder_top1": fit_score(random_features[0], random_features[2]),
+        "encoder_logreg_top1": fit_score(features[0], features[2]),
     }
 
 
@@ -95,8 +187,29 @@ def write_result(cfg, result, chief):
 
 
 def evaluate_and_write(cfg, trainer, source):
+    """Evaluates the trainer's current weights (`evaluate`, `knn_top1`,
+    `representation_metrics` under "representation/", the baselines with
+    --compute_baselines, the plots with --plot) and writes the result."""
     result = evaluate(cfg, trainer, source)
-    if cfg.compute_baselines:
-        result.update(compute_baselines(cfg, trainer, source))
+    batch = heldout_batch(cfg, source)
+    representation = representation_metrics(cfg, trainer, batch)
+    result.update({f"representation/{k}": v for k, v in representation.items()})
+    features = split_features(cfg, trainer, source)
+    if features is None:
+        logging.warning("kNN and baselines skipped: --train_split has more than %d examples",
+                        MAX_FEATURE_EXAMPLES)
+    else:
+        result["knn_top1"] = knn_top1(features, source.num_classes)
+        if cfg.compute_baselines:
+            result.update(compute_baselines(cfg, trainer, source, features))
+    # NaN (tolerance without two rows of one label) is not JSON: null.
+    result = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in result.items()}
     write_result(cfg, result, trainer.chief)
+    if cfg.plot and trainer.chief:
+        import plots
+        c = data.VIEW_CHANNELS
+        h, z = trainer.embed(batch[0][..., 2 * c:3 * c])
+        for path in plots.write_plots(cfg.model_dir, h, z, batch[1]):
+            print(f"plot: {path}", flush=True)
     return result

@@ -180,3 +180,31 @@ def negative_hardness(z1, z2, temperature=0.1, k=1, chunk_size=CHUNK_SIZE):
         entropy += ops.sum(ops.where(negative, -p * log_p, 0.0))
         top_share += ops.sum(ops.top_k(p, k)[0])
     return entropy / rows, top_share / rows
+
+
+def knn_predict(train_features, train_labels, features, num_classes, k=200,
+                temperature=0.1, chunk_size=CHUNK_SIZE):
+    """Weighted k-nearest-neighbour classifier (Wu et al. 2018), as commonly
+    reported for contrastive encoders: rows L2-normalised inside, s the
+    cosine between a query and a training row, N_k the k training rows most
+    similar to the query (k capped at their number), and the prediction
+    argmax_c Σ_{j ∈ N_k, y_j = c} exp(s_j / τ). Each query's weights are
+    computed as exp((s_j − max s) / τ), the same argmax without overflow.
+
+    Returns:
+        [N] int32 predicted labels of `features`.
+    """
+    train = l2_normalize(_rows(train_features))
+    queries = l2_normalize(_rows(features))
+    labels = ops.cast(ops.convert_to_tensor(train_labels), "int32")
+    k = min(int(k), int(train.shape[0]))
+    transposed = ops.transpose(train)
+    predictions = []
+    for start in range(0, int(queries.shape[0]), chunk_size):
+        similarity = ops.matmul(queries[start:start + chunk_size], transposed)
+        values, indices = ops.top_k(similarity, k)
+        weights = ops.exp((values - values[:, :1]) / temperature)
+        votes = ops.one_hot(ops.take(labels, indices), num_classes)
+        scores = ops.sum(votes * ops.expand_dims(weights, -1), axis=1)
+        predictions.append(ops.cast(ops.argmax(scores, axis=-1), "int32"))
+    return ops.concatenate(predictions, axis=0)

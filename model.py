@@ -221,6 +221,19 @@ class Model(keras.Model):
         per image, [b, H, W, view_channels]."""
         return self.resnet_model(images, training=training)
 
+    def endpoints(self, images, training=False):
+        """The named tensors of one view per image, those of the original's
+        SavedModel: the encoder's `resnet.ENDPOINT_NAMES` (`final_avg_pool`
+        is h), `proj_head_input` (h), `proj_head_output` (z = g(h), not
+        normalised) and, when a supervised head exists, `logits_sup` (the
+        head on the projection layer `ft_proj_selector` selects)."""
+        h, outputs = self.resnet_model(images, training=training, return_endpoints=True)
+        z, head_input = self._projection_head(h, training=training)
+        outputs.update(proj_head_input=h, proj_head_output=z)
+        if self.supervised_head is not None:
+            outputs["logits_sup"] = self.supervised_head(head_input, training=training)
+        return outputs
+
 
 class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0, then cosine decay to 0.

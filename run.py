@@ -70,6 +70,7 @@ import checkpoint as checkpoint_lib  # noqa: E402
 import config  # noqa: E402
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
+import export  # noqa: E402
 import train_lib  # noqa: E402
 import train_loop  # noqa: E402
 from config import CHOICES  # noqa: E402
@@ -131,7 +132,9 @@ flags.DEFINE_enum("optimizer", "lars", list(CHOICES["optimizer"]), "Optimizer to
 flags.DEFINE_float("momentum", 0.9, "Momentum parameter.")
 flags.DEFINE_string("eval_name", None, "Name for eval (names the eval summary folder).")
 flags.DEFINE_integer("keep_checkpoint_max", 5, "Maximum number of checkpoints to keep.")
-flags.DEFINE_integer("keep_hub_module_max", 1, "Maximum number of Hub modules to keep.")
+flags.DEFINE_integer("keep_hub_module_max", 1,
+                     "Maximum number of Hub modules (SavedModels in model_dir/saved_model/<step>) to keep; "
+                     "0 exports none.")
 flags.DEFINE_float("temperature", 0.1, "Temperature parameter for contrastive loss (unset: the loss's own).")
 flags.DEFINE_boolean("hidden_norm", True, "L2-normalise the projections before the contrastive loss.")
 flags.DEFINE_enum("proj_head_mode", "nonlinear", list(CHOICES["proj_head_mode"]), "How the head projection is done.")
@@ -192,6 +195,10 @@ flags.DEFINE_bool("deterministic", False,
                   "Bit-identical reruns: seeded data order kept through the parallel input pipeline, "
                   "deterministic kernels; a run resumed from a checkpoint continues with the batches an "
                   "uninterrupted one would have seen. Slower input pipeline.")
+flags.DEFINE_bool("plot", False,
+                  "After evaluating, write plot_training.png (losses, accuracies, the representation "
+                  "metrics over steps), plot_embedding.png (PCA of h) and plot_cosines.png (pairwise "
+                  "cosines against the uniform law) into --model_dir.")
 flags.DEFINE_integer("log_every_steps", 10,
                      "Steps between training summaries and progress lines (0: at checkpoints only).")
 
@@ -279,6 +286,18 @@ def restore(cfg, trainer, checkpointer):
         trainer.load()
 
 
+def export_saved_model(cfg, trainer, prefix=None):
+    """The SavedModel of the trainer's current weights (those of checkpoint
+    `prefix`, else of the newest one), unless --keep_hub_module_max=0."""
+    if cfg.keep_hub_module_max == 0:
+        return
+    trainer.sync()
+    prefix = prefix or checkpoint_lib.latest_checkpoint(trainer.worker_dir)
+    path = trainer.export_saved_model(prefix, cfg.keep_hub_module_max)
+    if trainer.chief:
+        print(f"saved_model: {path}", flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
@@ -303,6 +322,7 @@ def main(argv):
         start = time.time()
         train_loop.train(cfg, trainer, source, checkpointer, writer, train_steps)
         print(f"training took {time.time() - start:.1f} s", flush=True)
+        export_saved_model(cfg, trainer)
     if cfg.mode == "train_then_eval":
         evaluation.evaluate_and_write(cfg, trainer, source)
     elif cfg.mode == "eval":
@@ -312,6 +332,7 @@ def main(argv):
             checkpointer.restore(path)
             trainer.load()
             result = evaluation.evaluate_and_write(cfg, trainer, source)
+            export_saved_model(cfg, trainer, path)
             if result["global_step"] >= train_steps:
                 break
     if not trainer.chief:

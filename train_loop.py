@@ -5,14 +5,17 @@ checkpoint boundary and the last step, all counted in global steps, so a
 resumed run logs and saves at the same steps as an uninterrupted one. After
 each block the host checks that every logged value and every gradient was
 finite, and only then writes the block's summaries and, at a checkpoint
-boundary where every variable is finite too, the checkpoint: a non-finite
-state never becomes the latest checkpoint.
+boundary where every variable is finite too, the representation metrics of
+a fixed held-out batch (TensorBoard and `metrics.csv`) and the checkpoint: a
+non-finite state never becomes the latest checkpoint.
 """
 import math
 import sys
 
 import keras
 import tensorflow as tf
+
+import evaluation
 
 
 class NonFiniteError(Exception):
@@ -54,6 +57,20 @@ def checkpoint_interval(cfg, num_train_examples):
     return cfg.checkpoint_steps or cfg.checkpoint_epochs * steps_per_epoch(cfg, num_train_examples)
 
 
+def log_representation(cfg, trainer, heldout, summary_writer, step):
+    """The representation metrics of the current weights on the held-out
+    batch (`evaluation.representation_metrics`), as `representation/...`
+    summaries and a row of model_dir/metrics.csv (chief only)."""
+    values = evaluation.representation_metrics(cfg, trainer, heldout)
+    if summary_writer is None:
+        return
+    with summary_writer.as_default():
+        for name, value in values.items():
+            tf.summary.scalar(f"representation/{name}", value, step=step)
+    summary_writer.flush()
+    evaluation.write_metrics_row(cfg.model_dir, step, values)
+
+
 def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
     """Trains from the trainer's current step to `train_steps`.
 
@@ -76,6 +93,7 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
     save_every = checkpoint_interval(cfg, num_train)
     log_every = cfg.log_every_steps or save_every
     step = trainer.step
+    heldout = evaluation.heldout_batch(cfg, source)
     iterator = trainer.train_iterator(source, step)
     progress = Progress(train_steps, step)
     while step < train_steps:
@@ -105,6 +123,7 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
                     f"non-finite variables after step {step} ({len(bad)}, e.g. {bad[0]}); "
                     f"training stopped before saving (latest checkpoint: "
                     f"{checkpointer.latest or 'none'})")
+            log_representation(cfg, trainer, heldout, summary_writer, step)
             checkpointer.save(step)
         progress.update(step, logs)
     return step

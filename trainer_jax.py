@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 import data
+import export
 import metrics
 import train_lib
 from config import UsageError
@@ -90,6 +91,9 @@ class Trainer:
                 self.model, indices, variable=lambda i: trainable[i])
         self._train_step = jax.jit(self._step, donate_argnums=0)
         self._logits = stateless(self.model, lambda x: self.model(x, training=False)[1])
+        self._embed = stateless(self.model, lambda x: tuple(
+            self.model.endpoints(x, training=False)[name]
+            for name in ("final_avg_pool", "proj_head_output")))
         self.load()
         return self
 
@@ -194,6 +198,12 @@ class Trainer:
             totals += [float(hits[0]), float(hits[1]), len(labels)]
         return tuple(totals)
 
+    def embed(self, images):
+        """(h, z) of the model in inference mode for one batch of views
+        (`Model.endpoints`), as numpy."""
+        trainable, non_trainable, _ = self.state
+        return tuple(np.asarray(x) for x in self._embed(trainable, non_trainable, images))
+
     def encode(self, model, images):
         """h = model.encode(images) for one batch of eval views, as numpy."""
         if id(model) not in self._encoders:
@@ -203,3 +213,12 @@ class Trainer:
         trainable = values(model.trainable_variables)
         non_trainable = values(model.non_trainable_variables)
         return np.asarray(encode(trainable, non_trainable, images))
+
+    # -- export ------------------------------------------------------------
+    def export_saved_model(self, prefix, keep):
+        """The SavedModel of checkpoint `prefix` (the current weights) in
+        model_dir/saved_model/<step>/, written by a TensorFlow process
+        (`export.export_in_subprocess`): SavedModels hold TensorFlow graphs."""
+        if not self.chief:
+            return None
+        return export.export_in_subprocess(self.cfg.model_dir, prefix, self.step, keep)

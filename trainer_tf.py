@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import data
+import export
 import metrics
 import train_lib
 from config import UsageError
@@ -220,3 +221,17 @@ class Trainer:
     def encode(self, model, images):
         """h = model.encode(images) for one batch of eval views, as numpy."""
         return np.asarray(model.encode(tf.convert_to_tensor(images), training=False))
+
+    def embed(self, images):
+        """(h, z) of the model in inference mode for one batch of views
+        (`Model.endpoints`), as numpy."""
+        outputs = self.model.endpoints(tf.convert_to_tensor(images), training=False)
+        return np.asarray(outputs["final_avg_pool"]), np.asarray(outputs["proj_head_output"])
+
+    # -- export ------------------------------------------------------------
+    def export_saved_model(self, prefix, keep):
+        """The SavedModel of the current weights in
+        model_dir/saved_model/<step>/ (`export.save`); every worker writes
+        it, as collective saves need, the others into their scratch
+        directory. `prefix` (the checkpoint of these weights) is unused."""
+        return export.save(self.model, self.worker_dir, self.step, keep)

@@ -65,6 +65,19 @@ def test_same_seed_gives_the_same_initial_weights_under_both_backends(jax_sessio
         assert np.asarray(variable).tobytes() == expected[variable.path].tobytes(), variable.path
 
 
+def test_jax_trained_encoder_exports_a_saved_model(jax_session):
+    """The SavedModel the JAX run exported (through a TensorFlow process)
+    gives the logits JAX computed."""
+    import tensorflow as tf
+    _, run_dir = jax_session
+    loaded = tf.saved_model.load(str(run_dir / "saved_model" / "2"))
+    images, _ = datasets.get_dataset("digits").as_numpy("test")
+    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    expected = np.load(run_dir / "jax_logits.npy")
+    np.testing.assert_allclose(loaded(rgb, trainable=False)["logits_sup"].numpy(), expected,
+                               rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
 def test_jax_checkpoint_evaluates_under_tensorflow(jax_session, capfd):
     """The JAX run's checkpoint restored by TensorFlow gives the logits JAX
     computed, and --mode=eval under TensorFlow reports JAX's top-1."""
@@ -82,7 +95,8 @@ def test_jax_checkpoint_evaluates_under_tensorflow(jax_session, capfd):
                                atol=1e-5 * np.abs(expected).max())
 
     run.FLAGS.unparse_flags()
-    run.parse_flags(["run.py", "--mode=eval", f"--model_dir={run_dir}"])
+    run.parse_flags(["run.py", "--mode=eval", f"--model_dir={run_dir}",
+                     "--keep_hub_module_max=0"])
     run.run_main(["run.py"])
     run.FLAGS.unparse_flags()
     with open(run_dir / "result.json") as f:

@@ -193,3 +193,34 @@ def test_negative_hardness_of_equally_similar_negatives():
     entropy, share = metrics.negative_hardness(z1, 2.0 * z1, temperature=0.2, k=2)
     np.testing.assert_allclose(float(entropy), np.log(6), rtol=1e-6)
     np.testing.assert_allclose(float(share), 2 / 6, rtol=1e-6)
+
+
+def knn_numpy(train, train_labels, queries, classes, k, temperature):
+    similarity = unit(queries) @ unit(train).T
+    predictions = []
+    for row in similarity:
+        nearest = np.argsort(-row, kind="stable")[:k]
+        scores = np.zeros(classes)
+        for j in nearest:
+            scores[train_labels[j]] += np.exp(row[j] / temperature)
+        predictions.append(np.argmax(scores))
+    return np.array(predictions)
+
+
+@pytest.mark.parametrize("k,temperature,chunk_size", [(200, 0.1, 1024), (5, 0.5, 7), (3, 0.02, 4)])
+def test_knn_predict_matches_numpy(k, temperature, chunk_size):
+    """k = 200 exceeds the 60 training rows: every row votes."""
+    rng = np.random.default_rng(21)
+    train = rng.normal(size=(60, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 60).astype(np.int32)
+    queries = rng.normal(size=(23, 6)).astype(np.float32)
+    predicted = metrics.knn_predict(train, labels, queries, 4, k, temperature,
+                                    chunk_size=chunk_size)
+    np.testing.assert_array_equal(np.asarray(predicted),
+                                  knn_numpy(train, labels, queries, 4, k, temperature))
+
+
+def test_knn_with_one_neighbour_is_the_label_of_the_nearest_row():
+    train = np.eye(3, dtype=np.float32)
+    queries = np.array([[0.2, 0.9, 0.1], [5.0, 0.0, 1.0]], np.float32)
+    assert np.asarray(metrics.knn_predict(train, [2, 0, 1], queries, 3, k=1)).tolist() == [0, 2]

@@ -17,6 +17,7 @@ What is checked against what:
 - what reaches the loss against the flags, by recording the arguments of
   `objective.compute_loss`.
 """
+import csv
 import glob
 import json
 import math
@@ -38,6 +39,8 @@ import checkpoint as checkpoint_lib
 import config
 import configs
 import datasets
+import evaluation
+import export
 import objective
 import run
 import train_lib
@@ -47,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(image_size=8, width_multiplier=0.125, resnet_depth=18, train_batch_size=32,
             eval_batch_size=100, train_steps=2, checkpoint_steps=1, num_proj_layers=2,
-            proj_out_dim=16, compute_baselines=False)
+            proj_out_dim=16, compute_baselines=False, keep_hub_module_max=0)
 
 
 def command_line(model_dir, **flags):
@@ -199,6 +202,7 @@ BAD_FLAGS = {
     "probe_weight_decay_negative": (["--probe_weight_decay=-1"], ["probe_weight_decay", "0"]),
     "checkpoint_missing": (["--train_mode=finetune", "--checkpoint={empty}/ckpt-3"],
                            ["checkpoint", "ckpt-3", "prefix"]),
+    "keep_hub_module_max_negative": (["--keep_hub_module_max=-1"], ["keep_hub_module_max", "0"]),
 }
 
 
@@ -293,7 +297,8 @@ def test_batch_not_divisible_by_replicas(mirrored_strategy, monkeypatch, capsys,
 # ---------------------------------------------------------------------------
 FULL_RUN_STEPS = 4
 FULL_RUN = dict(mode="train_then_eval", train_steps=FULL_RUN_STEPS, checkpoint_steps=2,
-                log_every_steps=1, keep_checkpoint_max=1, compute_baselines=True)
+                log_every_steps=1, keep_checkpoint_max=1, compute_baselines=True,
+                keep_hub_module_max=1, plot=True)
 
 
 @pytest.fixture(scope="module")
@@ -354,6 +359,93 @@ def test_raw_pixel_baseline_matches_an_independent_logistic_regression(full_run)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     classifier.fit(pixels(x_train), y_train)
     assert result["raw_pixel_top1"] == pytest.approx(classifier.score(pixels(x_test), y_test), abs=1e-12)
+
+
+def digits_rgb(split):
+    """(images as RGB in [0, 1], labels) of a digits split: the eval view
+    at image_size 8 is the image itself."""
+    images, labels = datasets.get_dataset("digits").as_numpy(split)
+    return np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1), labels
+
+
+def numpy_knn(train, train_labels, test, k=200, temperature=0.1, classes=10):
+    """Weighted kNN written out: cosine similarities, the k largest, class
+    scores Σ exp(s / τ)."""
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit(test.astype(np.float64)) @ unit(train.astype(np.float64)).T
+    predictions = []
+    for row in similarity:
+        nearest = np.argsort(-row)[:k]
+        scores = np.zeros(classes)
+        np.add.at(scores, train_labels[nearest], np.exp(row[nearest] / temperature))
+        predictions.append(np.argmax(scores))
+    return np.array(predictions)
+
+
+def test_full_run_exports_a_saved_model_of_its_last_step(full_run):
+    """saved_model/<last step> (one kept) gives the checkpoint's h and probe
+    logits."""
+    model_dir, _ = full_run
+    assert sorted(os.listdir(model_dir / "saved_model")) == [str(FULL_RUN_STEPS)]
+    loaded = tf.saved_model.load(str(model_dir / "saved_model" / str(FULL_RUN_STEPS)))
+    _, trainer, checkpointer = rebuild(model_dir, **FULL_RUN)
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    rgb, _ = digits_rgb("test")
+    outputs = loaded(rgb, trainable=False)
+    _, logits = trainer.model(rgb, training=False)
+    for got, expected in ((outputs["final_avg_pool"], trainer.model.encode(rgb)),
+                          (outputs["logits_sup"], logits)):
+        expected = np.asarray(expected)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())
+
+
+def test_knn_top1_is_a_weighted_knn_on_the_checkpoints_features(full_run):
+    model_dir, result = full_run
+    _, trainer, checkpointer = rebuild(model_dir, **FULL_RUN)
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    (train_rgb, train_labels), (test_rgb, test_labels) = digits_rgb("train"), digits_rgb("test")
+    predicted = numpy_knn(np.asarray(trainer.model.encode(train_rgb)), train_labels,
+                          np.asarray(trainer.model.encode(test_rgb)))
+    # Features computed in other batches may differ in the last bits, which
+    # can flip a near tie: one example of 500.
+    assert result["knn_top1"] == pytest.approx(np.mean(predicted == test_labels), abs=1.5 / 500)
+
+
+def test_representation_metrics_are_logged_at_every_checkpoint(full_run):
+    """metrics.csv has one row per checkpoint, the TensorBoard scalars say
+    the same, and the last row is what result.json reports for those weights
+    on the same held-out batch."""
+    model_dir, result = full_run
+    with open(model_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    names = [f"{space}/{name}" for space in ("h", "z") for name in evaluation.METRIC_NAMES]
+    assert list(rows[0]) == ["step"] + names
+    logged = scalars(model_dir)
+    for name in names:
+        assert logged[f"representation/{name}"] == [
+            (int(r["step"]), pytest.approx(float(r[name]), rel=1e-6)) for r in rows], name
+        assert result[f"representation/{name}"] == pytest.approx(float(rows[-1][name]),
+                                                                 rel=1e-5, abs=1e-6), name
+
+
+def test_full_run_writes_the_plots(full_run):
+    model_dir, _ = full_run
+    for name in ("plot_training.png", "plot_embedding.png", "plot_cosines.png"):
+        with open(model_dir / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_metrics_rows_of_steps_trained_again_are_replaced(tmp_path):
+    """A run resumed from step 2 measures steps 3 and 4 again: their rows
+    are replaced, not repeated."""
+    for step in (2, 4, 6):
+        evaluation.write_metrics_row(str(tmp_path), step, {"h/alignment": float(step)})
+    evaluation.write_metrics_row(str(tmp_path), 4, {"h/alignment": 40.0})
+    with open(tmp_path / "metrics.csv") as f:
+        assert f.read() == "step,h/alignment\n2,2.0\n4,40.0\n"
 
 
 def test_eval_mode_takes_the_record_and_keeps_it(full_run, capfd):
@@ -650,9 +742,13 @@ def test_eval_without_supervised_head(tmp_path):
     flags = dict(lineareval_while_pretraining=False)
     model_dir = tmp_path / "model"
     assert train(model_dir, mode="train", **flags) is None
-    result = train(model_dir, mode="eval", **flags)
+    result = train(model_dir, mode="eval", keep_hub_module_max=1, **flags)
     assert result["global_step"] == 2
     assert "probe_top1" not in result and "eval/label_top_1_accuracy" not in result
+    # The eval exports, and the SavedModel has every output but logits_sup.
+    loaded = tf.saved_model.load(str(model_dir / "saved_model" / "2"))
+    outputs = loaded(np.zeros((2, 8, 8, 3), np.float32), trainable=False)
+    assert sorted(outputs) == sorted(set(export.OUTPUT_NAMES) - {"logits_sup"})
 
 
 # ---------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
     run_dir = os.environ.get("SIMCLR_JAX_RUN_DIR") or str(tmp_path / "run")
     flags = dict(mode="train_then_eval", train_steps=2, warmup_epochs=0, deterministic=True,
                  log_every_steps=1)
-    result = train(run_dir, **flags)
+    result = train(run_dir, keep_hub_module_max=1, **flags)  # exported through TensorFlow
+    assert os.listdir(os.path.join(run_dir, "saved_model")) == ["2"]
     assert result["backend"] == "jax" and result["global_step"] == 2
     assert sorted(glob.glob(os.path.join(run_dir, "ckpt-*.index"))) == [
         os.path.join(run_dir, f"ckpt-{i}.index") for i in (1, 2)]
