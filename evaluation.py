@@ -59,20 +59,41 @@ def evaluate(cfg, trainer, source):
 
 
 def encode_split(cfg, trainer, model, images, batch_size=512):
-    """h of `model` for uint8 `images` [N, H, W, C], each as its eval view."""
+    """h of `model` for uint8 `images` [N, H, W, C], each as its eval view,
+    in batches of `batch_size`, the last one padded to that size so the
+    encoder runs at one shape (one compilation under JAX)."""
     dataset = tf.data.Dataset.from_tensor_slices(images).map(
         lambda image: data_util.preprocess_image(
             image, cfg.image_size, cfg.image_size, is_training=False,
             test_crop=cfg.image_size > 32)).batch(batch_size)
-    return np.concatenate([trainer.encode(model, batch.numpy()) for batch in dataset])
+    features = []
+    for batch in dataset.as_numpy_iterator():
+        rows = len(batch)
+        if rows < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:],
+                                                    batch.dtype)])
+        features.append(trainer.encode(model, batch)[:rows])
+    return np.concatenate(features)
+
+
+# The flags a held-out batch depends on.
+HELDOUT_FLAGS = ("dataset", "data_dir", "eval_split", "image_size", "seed",
+                 "color_jitter_strength", "use_blur", "crop_min_area", "use_flip")
+_heldout_batches = {}
 
 
 def heldout_batch(cfg, source):
     """(views [n, H, W, 3 · VIEW_CHANNELS], labels [n]) as numpy: the first
-    batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples)."""
-    size = min(HELDOUT_SIZE, source.num_examples(cfg.eval_split))
-    images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))
-    return images.numpy(), labels.numpy()
+    batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples);
+    kept for the other commands of the process with the same HELDOUT_FLAGS
+    (training, then evaluation)."""
+    key = tuple(getattr(cfg, name) for name in HELDOUT_FLAGS)
+    if key not in _heldout_batches:
+        size = min(HELDOUT_SIZE, source.num_examples(cfg.eval_split))
+        images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))
+        _heldout_batches.clear()  # one batch at a time: they can be large
+        _heldout_batches[key] = (images.numpy(), labels.numpy())
+    return _heldout_batches[key]
 
 
 def representation_metrics(cfg, trainer, batch):

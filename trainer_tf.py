@@ -93,6 +93,7 @@ class Trainer:
                 raise UsageError(f"--{flag}={getattr(cfg, flag)} is not divisible by the "
                                  f"{self.num_replicas} replicas of {type(self.strategy).__name__}")
         self._loop = None
+        self._functions = {}
 
     @property
     def worker_dir(self):
@@ -218,15 +219,28 @@ class Trainer:
             totals += [float(v) for v in eval_step(features, labels)]
         return tuple(totals)
 
+    def _inference(self, model, name, fn):
+        """`fn(model, images)` as a tf.function, traced once per model (and a
+        second time for a batch of another size, then for any size)."""
+        key = (id(model), name)
+        if key not in self._functions:
+            self._functions[key] = (model, tf.function(
+                lambda images: fn(model, images), reduce_retracing=True, autograph=False))
+        return self._functions[key][1]
+
     def encode(self, model, images):
         """h = model.encode(images) for one batch of eval views, as numpy."""
-        return np.asarray(model.encode(tf.convert_to_tensor(images), training=False))
+        encode = self._inference(model, "encode", lambda m, x: m.encode(x, training=False))
+        return encode(tf.convert_to_tensor(images)).numpy()
 
     def embed(self, images):
         """(h, z) of the model in inference mode for one batch of views
         (`Model.endpoints`), as numpy."""
-        outputs = self.model.endpoints(tf.convert_to_tensor(images), training=False)
-        return np.asarray(outputs["final_avg_pool"]), np.asarray(outputs["proj_head_output"])
+        def h_and_z(model, images):
+            outputs = model.endpoints(images, training=False)
+            return outputs["final_avg_pool"], outputs["proj_head_output"]
+        h, z = self._inference(self.model, "embed", h_and_z)(tf.convert_to_tensor(images))
+        return h.numpy(), z.numpy()
 
     # -- export ------------------------------------------------------------
     def export_saved_model(self, prefix, keep):

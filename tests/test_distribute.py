@@ -115,6 +115,11 @@ def moving_statistics(model):
             if "moving_mean" in v.path or "moving_variance" in v.path}
 
 
+# Under `--dist loadgroup` the tests of this fixture run in one worker, which
+# trains both strategies once.
+SHARES_TRAINED_ON_BOTH = pytest.mark.xdist_group("test_distribute_trained_on_both")
+
+
 @pytest.fixture(scope="module")
 def trained_on_both(strategies):
     """Two optimizer steps of the whole model (ResNet, projection head,
@@ -140,6 +145,7 @@ def trained_on_both(strategies):
     return results, start
 
 
+@SHARES_TRAINED_ON_BOTH
 def test_mirrored_matches_single_device(trained_on_both):
     """The first step's losses and gradients agree."""
     (single, mirrored), _ = trained_on_both
@@ -165,6 +171,7 @@ def test_mirrored_matches_single_device(trained_on_both):
     assert nonzero > len(grads_1) // 2
 
 
+@SHARES_TRAINED_ON_BOTH
 def test_batch_norm_statistics_are_global(trained_on_both):
     """With global_bn the moving statistics after one training-mode pass
     equal the single-device ones, although each replica sees only half of
@@ -177,6 +184,7 @@ def test_batch_norm_statistics_are_global(trained_on_both):
         np.testing.assert_allclose(stats_2[name], stats_1[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@SHARES_TRAINED_ON_BOTH
 def test_probe_optimizer_steps_match_on_two_replicas(trained_on_both):
     """After two steps with the probe's own optimizer (--probe_learning_rate)
     next to the main one, every variable, slot and step count is equal on

@@ -24,6 +24,9 @@ import data
 import export
 import train_lib
 
+# One worker exports the module's model (under `--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_export")
+
 TINY = dict(image_size=8, width_multiplier=0.125, num_proj_layers=2, proj_out_dim=16)
 STEP = 7
 
@@ -187,3 +190,17 @@ def test_tf_hub_users_fine_tune_it_in_a_tf_keras_model(exported):
     stats_after = moving_statistics(layer.weights)
     assert len(stats_before) == len(stats_after) > 0
     assert all(np.any(a != b) for a, b in zip(stats_before, stats_after))
+
+
+def test_a_model_built_under_mirrored_strategy_exports(mirrored_strategy, tmp_path):
+    """Mirrored variables (several GPUs) export as plain ones, and the
+    outputs are those of the model."""
+    cfg, source = configs.resolve(model_dir=str(tmp_path), **TINY)
+    with mirrored_strategy.scope():
+        model = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    randomise(model, seed=4)
+    loaded = tf.saved_model.load(export.save(model, str(tmp_path), 1, keep=1))
+    x = images(3)
+    assert_close(loaded(x, trainable=False)["logits_sup"],
+                 model.endpoints(x, training=False)["logits_sup"])
+    assert len(loaded.variables) == len(model.variables)

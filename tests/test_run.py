@@ -301,6 +301,12 @@ FULL_RUN = dict(mode="train_then_eval", train_steps=FULL_RUN_STEPS, checkpoint_s
                 keep_hub_module_max=1, plot=True)
 
 
+# Tests that share a module-scoped run: under `--dist loadgroup` each group
+# runs in one worker, so the run is trained once rather than once per worker.
+SHARES_FULL_RUN = pytest.mark.xdist_group("test_run_full_run")
+SHARES_PRETRAINED = pytest.mark.xdist_group("test_run_pretrained")
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("full_run") / "model"
@@ -308,6 +314,7 @@ def full_run(tmp_path_factory):
     return model_dir, result
 
 
+@SHARES_FULL_RUN
 def test_full_run_writes_checkpoints_summaries_flags_and_result(full_run):
     model_dir, result = full_run
     assert (model_dir / "checkpoint").is_file()
@@ -321,6 +328,7 @@ def test_full_run_writes_checkpoints_summaries_flags_and_result(full_run):
     assert step == FULL_RUN_STEPS and top1 == pytest.approx(result["probe_top1"], abs=1e-6)
 
 
+@SHARES_FULL_RUN
 def test_summaries_follow_log_every_steps_not_checkpoints(full_run):
     """log_every_steps=1 with checkpoints every 2 steps: scalars at every
     step, checkpoints at 2 and 4 only (1 kept)."""
@@ -330,6 +338,7 @@ def test_summaries_follow_log_every_steps_not_checkpoints(full_run):
     assert ckpt_numbers(model_dir) == [FULL_RUN_STEPS]
 
 
+@SHARES_FULL_RUN
 def test_flags_json_holds_the_project_flags_as_trained(full_run):
     """Only run.py's own flags (no absl flags), with the preset's
     temperature recorded as the loss's, unused loss flags as null."""
@@ -343,12 +352,14 @@ def test_flags_json_holds_the_project_flags_as_trained(full_run):
     assert saved["kcl_t"] is None and saved["prior"] is None
 
 
+@SHARES_FULL_RUN
 def test_probe_top1_is_the_accuracy_of_the_saved_probe(full_run):
     model_dir, result = full_run
     expected = probe_accuracy_from_checkpoint(model_dir, **FULL_RUN)
     assert result["probe_top1"] == pytest.approx(expected, abs=1.5 / 500)
 
 
+@SHARES_FULL_RUN
 def test_raw_pixel_baseline_matches_an_independent_logistic_regression(full_run):
     model_dir, result = full_run
     saved_flags = read_json(model_dir / "flags.json")
@@ -383,6 +394,7 @@ def numpy_knn(train, train_labels, test, k=200, temperature=0.1, classes=10):
     return np.array(predictions)
 
 
+@SHARES_FULL_RUN
 def test_full_run_exports_a_saved_model_of_its_last_step(full_run):
     """saved_model/<last step> (one kept) gives the checkpoint's h and probe
     logits."""
@@ -401,6 +413,7 @@ def test_full_run_exports_a_saved_model_of_its_last_step(full_run):
                                    atol=1e-5 * np.abs(expected).max())
 
 
+@SHARES_FULL_RUN
 def test_knn_top1_is_a_weighted_knn_on_the_checkpoints_features(full_run):
     model_dir, result = full_run
     _, trainer, checkpointer = rebuild(model_dir, **FULL_RUN)
@@ -413,6 +426,7 @@ def test_knn_top1_is_a_weighted_knn_on_the_checkpoints_features(full_run):
     assert result["knn_top1"] == pytest.approx(np.mean(predicted == test_labels), abs=1.5 / 500)
 
 
+@SHARES_FULL_RUN
 def test_representation_metrics_are_logged_at_every_checkpoint(full_run):
     """metrics.csv has one row per checkpoint, the TensorBoard scalars say
     the same, and the last row is what result.json reports for those weights
@@ -431,6 +445,7 @@ def test_representation_metrics_are_logged_at_every_checkpoint(full_run):
                                                                  rel=1e-5, abs=1e-6), name
 
 
+@SHARES_FULL_RUN
 def test_full_run_writes_the_plots(full_run):
     model_dir, _ = full_run
     for name in ("plot_training.png", "plot_embedding.png", "plot_cosines.png"):
@@ -448,6 +463,7 @@ def test_metrics_rows_of_steps_trained_again_are_replaced(tmp_path):
         assert f.read() == "step,h/alignment\n2,2.0\n4,40.0\n"
 
 
+@SHARES_FULL_RUN
 def test_eval_mode_takes_the_record_and_keeps_it(full_run, capfd):
     """--mode=eval with no model flags evaluates the run as trained (the
     record's 8×8 views, not the digits preset's 16), leaves flags.json as it
@@ -537,6 +553,7 @@ def pretrained(tmp_path_factory):
     return model_dir
 
 
+@SHARES_PRETRAINED
 def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, capsys):
     model_dir = tmp_path / "model"
     shutil.copytree(pretrained, model_dir)
@@ -569,6 +586,7 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     assert_training_metrics_finite(model_dir, [1, 2, 3, 4])
 
 
+@SHARES_PRETRAINED
 def test_rerun_with_another_loss_or_model_refuses(pretrained, tmp_path, capfd):
     model_dir = tmp_path / "model"
     shutil.copytree(pretrained, model_dir)
@@ -664,6 +682,7 @@ FINETUNE = dict(mode="train", train_mode="finetune", fine_tune_after_block=4, wa
                 learning_rate=1.0, seed=1)
 
 
+@SHARES_PRETRAINED
 def test_finetune_head_only_keeps_the_pretrained_encoder(pretrained, tmp_path, capsys):
     model_dir = tmp_path / "model"
     capsys.readouterr()
@@ -684,6 +703,7 @@ def test_finetune_head_only_keeps_the_pretrained_encoder(pretrained, tmp_path, c
     assert any(np.any(after[p] != before[p]) for p in head)
 
 
+@SHARES_PRETRAINED
 def test_finetune_takes_the_architecture_of_its_checkpoint(pretrained, tmp_path, capfd):
     """Unset architecture flags come from the checkpoint's run; a
     contradicting one is one line, exit 2."""
@@ -697,6 +717,7 @@ def test_finetune_takes_the_architecture_of_its_checkpoint(pretrained, tmp_path,
                           ["--resnet_depth=34", "--resnet_depth=18", str(pretrained)])
 
 
+@SHARES_PRETRAINED
 def test_checkpoint_of_another_encoder_is_refused(pretrained, tmp_path, capfd):
     """Without a record to read, a checkpoint whose encoder does not match
     (another width) fails in one line naming a mismatched variable and its
@@ -711,6 +732,7 @@ def test_checkpoint_of_another_encoder_is_refused(pretrained, tmp_path, capfd):
     assert ckpt_numbers(model_dir) == []
 
 
+@SHARES_PRETRAINED
 def test_finetune_on_other_classes_skips_the_head_and_says_so(pretrained, tmp_path, capsys):
     """The pretrained 10-class probe does not fit a 2-class task: the encoder
     is restored, the supervised head is skipped, and the report says which."""

@@ -121,7 +121,7 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
 
     # The same deterministic command again gives the same scalars and weights.
     again = str(tmp_path / "again")
-    train(again, **flags)
+    train(again, **dict(flags, mode="train"))  # the training part is what must repeat
     assert scalars(again)["train/total_loss"] == logged["train/total_loss"]
     _, saved_again = final_weights(again)
     for key, value in saved["model"].items():
