@@ -88,11 +88,18 @@ def test_outputs_equal_the_in_memory_model_in_inference(exported, batch, size):
     loaded = tf.saved_model.load(path)
     x = images(batch, size)
     expected = model.endpoints(x, training=False)
+    # Independently of Model.endpoints: the training model's own forward
+    # pass on one view gives z and the logits, the encoder gives h.
+    z, logits = model(x, training=False)
+    h = model.encode(x, training=False)
     for call in (dict(trainable=False), dict(training=False)):
         got = loaded(x, **call)
         assert sorted(got) == sorted(export.OUTPUT_NAMES)
         for name in export.OUTPUT_NAMES:
             assert_close(got[name], expected[name], f"{call} {name}")
+        for name, value in (("final_avg_pool", h), ("proj_head_input", h),
+                            ("proj_head_output", z), ("logits_sup", logits)):
+            assert_close(got[name], value, f"{call} {name}")
 
 
 def test_training_mode_uses_batch_statistics_and_updates_moving_averages(exported):
