@@ -206,10 +206,15 @@ def restore_weights(model, prefix):
     return line
 
 
-def write_json(path, obj):
-    """Writes `obj` as JSON to `path` atomically: a reader sees the old file
-    or the new one, never a part."""
+def write_text(path, text):
+    """Writes `text` to `path` atomically: a reader sees the old file or the
+    new one, never a part."""
     temporary = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write(text)
     tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON to `path` atomically (`write_text`)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True))

@@ -135,10 +135,7 @@ def write_metrics_row(model_dir, step, values):
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text.getvalue())
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    checkpoint_lib.write_text(path, text.getvalue())
 
 
 def split_features(cfg, trainer, source, model=None):

@@ -42,10 +42,11 @@ def _rows(z):
     return ops.cast(ops.convert_to_tensor(z), "float32")
 
 
-def _similarity_blocks(z, rows, chunk_size):
-    """(start, stop, z[start:stop] zᵀ) for the blocks of `chunk_size` rows
-    that cover rows 0..rows − 1 of `z`: [stop − start, N] each."""
-    transposed = ops.transpose(z)
+def _similarity_blocks(z, rows, chunk_size, keys=None):
+    """(start, stop, z[start:stop] keysᵀ) for the blocks of `chunk_size`
+    rows that cover rows 0..rows − 1 of `z`: [stop − start, K] each, keys
+    being z itself unless given."""
+    transposed = ops.transpose(z if keys is None else keys)
     for start in range(0, rows, chunk_size):
         stop = min(start + chunk_size, rows)
         yield start, stop, ops.matmul(z[start:stop], transposed)
@@ -198,10 +199,9 @@ def knn_predict(train_features, train_labels, features, num_classes, k=200,
     queries = l2_normalize(_rows(features))
     labels = ops.cast(ops.convert_to_tensor(train_labels), "int32")
     k = min(int(k), int(train.shape[0]))
-    transposed = ops.transpose(train)
     predictions = []
-    for start in range(0, int(queries.shape[0]), chunk_size):
-        similarity = ops.matmul(queries[start:start + chunk_size], transposed)
+    for _, _, similarity in _similarity_blocks(queries, int(queries.shape[0]), chunk_size,
+                                               keys=train):
         values, indices = ops.top_k(similarity, k)
         weights = ops.exp((values - values[:, :1]) / temperature)
         votes = ops.one_hot(ops.take(labels, indices), num_classes)

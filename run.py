@@ -291,7 +291,6 @@ def export_saved_model(cfg, trainer, prefix=None):
     `prefix`, else of the newest one), unless --keep_hub_module_max=0."""
     if cfg.keep_hub_module_max == 0:
         return
-    trainer.sync()
     prefix = prefix or checkpoint_lib.latest_checkpoint(trainer.worker_dir)
     path = trainer.export_saved_model(prefix, cfg.keep_hub_module_max)
     if trainer.chief:

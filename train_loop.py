@@ -60,10 +60,11 @@ def checkpoint_interval(cfg, num_train_examples):
 def log_representation(cfg, trainer, heldout, summary_writer, step):
     """The representation metrics of the current weights on the held-out
     batch (`evaluation.representation_metrics`), as `representation/...`
-    summaries and a row of model_dir/metrics.csv (chief only)."""
-    values = evaluation.representation_metrics(cfg, trainer, heldout)
+    summaries and a row of model_dir/metrics.csv; nothing on workers without
+    a summary writer (not the chief), which write neither."""
     if summary_writer is None:
         return
+    values = evaluation.representation_metrics(cfg, trainer, heldout)
     with summary_writer.as_default():
         for name, value in values.items():
             tf.summary.scalar(f"representation/{name}", value, step=step)
