@@ -18,11 +18,11 @@ import pytest
 import checkpoint as checkpoint_lib
 import configs
 import data
-import datasets
 import jax_session as jax_session_lib
 import run
 import train_lib
 import trainer_tf
+from test_run import digits_rgb
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,7 @@ def test_jax_trained_encoder_exports_a_saved_model(jax_session):
     import tensorflow as tf
     _, run_dir = jax_session
     loaded = tf.saved_model.load(str(run_dir / "saved_model" / "2"))
-    images, _ = datasets.get_dataset("digits").as_numpy("test")
-    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    rgb, _ = digits_rgb("test")
     expected = np.load(run_dir / "jax_logits.npy")
     np.testing.assert_allclose(loaded(rgb, trainable=False)["logits_sup"].numpy(), expected,
                                rtol=1e-4, atol=1e-5 * np.abs(expected).max())
@@ -87,8 +86,7 @@ def test_jax_checkpoint_evaluates_under_tensorflow(jax_session, capfd):
     trainer = trainer_tf.Trainer(cfg).build(source.num_classes, source.num_examples("train"))
     checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers, str(run_dir))
     checkpointer.restore(checkpoint_lib.latest_checkpoint(str(run_dir)))
-    images, _ = datasets.get_dataset("digits").as_numpy("test")
-    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    rgb, _ = digits_rgb("test")
     _, logits = trainer.model(rgb, training=False)
     expected = np.load(run_dir / "jax_logits.npy")
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4,

@@ -45,6 +45,7 @@ import objective
 import run
 import train_lib
 import trainer_tf
+from test_metrics import knn_numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,14 +163,20 @@ def assert_bitwise_equal(actual, expected, what):
     assert actual.tobytes() == expected.tobytes(), what
 
 
+def digits_rgb(split):
+    """(images as RGB in [0, 1], labels) of a digits split: the eval view
+    at image_size 8 is the image itself."""
+    images, labels = datasets.get_dataset("digits").as_numpy(split)
+    return np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1), labels
+
+
 def probe_accuracy_from_checkpoint(model_dir, **flags):
     """Top-1 of the supervised head on the digits test split, computed here:
     the newest checkpoint restored into a freshly built model, the 8×8 test
     images as RGB in [0, 1] (the eval view at image_size 8 is the image)."""
     _, trainer, checkpointer = rebuild(model_dir, **flags)
     checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
-    images, labels = datasets.get_dataset("digits").as_numpy("test")
-    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    rgb, labels = digits_rgb("test")
     _, logits = trainer.model(rgb, training=False)
     return float(np.mean(np.argmax(np.asarray(logits), axis=1) == labels))
 
@@ -372,29 +379,6 @@ def test_raw_pixel_baseline_matches_an_independent_logistic_regression(full_run)
     assert result["raw_pixel_top1"] == pytest.approx(classifier.score(pixels(x_test), y_test), abs=1e-12)
 
 
-def digits_rgb(split):
-    """(images as RGB in [0, 1], labels) of a digits split: the eval view
-    at image_size 8 is the image itself."""
-    images, labels = datasets.get_dataset("digits").as_numpy(split)
-    return np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1), labels
-
-
-def numpy_knn(train, train_labels, test, k=200, temperature=0.1, classes=10):
-    """Weighted kNN written out: cosine similarities, the k largest, class
-    scores Σ exp(s / τ)."""
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-    similarity = unit(test.astype(np.float64)) @ unit(train.astype(np.float64)).T
-    predictions = []
-    for row in similarity:
-        nearest = np.argsort(-row)[:k]
-        scores = np.zeros(classes)
-        np.add.at(scores, train_labels[nearest], np.exp(row[nearest] / temperature))
-        predictions.append(np.argmax(scores))
-    return np.array(predictions)
-
-
-@SHARES_FULL_RUN
 def test_full_run_exports_a_saved_model_of_its_last_step(full_run):
     """saved_model/<last step> (one kept) gives the checkpoint's h and probe
     logits."""
@@ -419,8 +403,9 @@ def test_knn_top1_is_a_weighted_knn_on_the_checkpoints_features(full_run):
     _, trainer, checkpointer = rebuild(model_dir, **FULL_RUN)
     checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
     (train_rgb, train_labels), (test_rgb, test_labels) = digits_rgb("train"), digits_rgb("test")
-    predicted = numpy_knn(np.asarray(trainer.model.encode(train_rgb)), train_labels,
-                          np.asarray(trainer.model.encode(test_rgb)))
+    predicted = knn_numpy(np.asarray(trainer.model.encode(train_rgb)), train_labels,
+                          np.asarray(trainer.model.encode(test_rgb)), classes=10, k=200,
+                          temperature=0.1)
     # Features computed in other batches may differ in the last bits, which
     # can flip a near tie: one example of 500.
     assert result["knn_top1"] == pytest.approx(np.mean(predicted == test_labels), abs=1.5 / 500)

@@ -28,11 +28,10 @@ import tensorflow as tf  # noqa: E402
 import checkpoint as checkpoint_lib  # noqa: E402
 import configs  # noqa: E402
 import data  # noqa: E402
-import datasets  # noqa: E402
 import run  # noqa: E402
 import train_lib  # noqa: E402
 import trainer_jax  # noqa: E402
-from test_run import TINY, read_json, saved_groups, scalars, train  # noqa: E402
+from test_run import TINY, digits_rgb, read_json, saved_groups, scalars, train  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -128,8 +127,7 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
         assert value.tobytes() == saved_again["model"][key].tobytes(), key
 
     # For the TensorFlow side: the final weights' logits on the test split.
-    images, _ = datasets.get_dataset("digits").as_numpy("test")
-    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    rgb, _ = digits_rgb("test")
     trainer.load()
     np.save(os.path.join(run_dir, "jax_logits.npy"),
             np.asarray(trainer._logits(trainer.state[0], trainer.state[1], rgb)))
