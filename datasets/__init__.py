@@ -10,7 +10,8 @@
   `data_dir` (TFDS's default directory when None) (`datasets.tfds_source`).
 
 A new source registers its name with `@register("name")` in its own module,
-imported below; nothing else changes. Every source yields (image uint8
+imported below; nothing else changes (`@register("name", options=(...))`
+when it takes dataset flags). Every source yields (image uint8
 [H, W, C], label int64) examples and carries the preset of flags that sizes a
 run for its images (`Source.preset`). Bad names, directories or splits raise
 `DatasetError`, whose one-line message names the flag to fix.
@@ -20,6 +21,7 @@ from .base import DatasetError
 from .base import InMemorySource
 from .base import Source
 from .base import image_size_preset
+from .registry import OPTIONS
 from .registry import SOURCES
 from .registry import register
 from . import digits  # noqa: F401  (registers "digits")
@@ -29,7 +31,7 @@ from .image_folder import ImageFolderSource
 from .tfds_source import TFDSSource
 
 
-def get_dataset(name, data_dir=None):
+def get_dataset(name, data_dir=None, **options):
     """Opens the dataset `name` (see the module docstring).
 
     Args:
@@ -37,6 +39,8 @@ def get_dataset(name, data_dir=None):
         data_dir: the source's directory (the image folder for
             `image_folder`, the TFDS data directory for TFDS names); unused
             by sources that ship their data.
+        **options: dataset flags (`OPTIONS[name]`, e.g. `digit_sizes`);
+            None values are ignored (the source's defaults apply).
 
     Returns:
         A `Source`.
@@ -48,11 +52,18 @@ def get_dataset(name, data_dir=None):
     if not name:
         raise DatasetError(f"--dataset must be {', '.join(SOURCES)}, or a "
                            "TFDS dataset name; got an empty name")
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = OPTIONS.get(name, ())
+    for option in options:
+        if option not in accepted:
+            users = [n for n, names in OPTIONS.items() if option in names]
+            raise DatasetError(f"--{option} does not apply to --dataset={name}; "
+                               f"it applies to --dataset={'|'.join(users)}")
     if name in SOURCES:
-        return SOURCES[name](data_dir)
+        return SOURCES[name](data_dir, **options)
     return TFDSSource(name, data_dir)
 
 
 __all__ = ["DatasetError", "DigitsSource", "ImageFolderSource",
-           "InMemorySource", "SOURCES", "Source", "TFDSSource",
+           "InMemorySource", "OPTIONS", "SOURCES", "Source", "TFDSSource",
            "get_dataset", "image_size_preset", "register"]

@@ -69,20 +69,39 @@ class DatasetError(ValueError):
 
 
 class Source:
-    """A labelled image dataset, split by name.
+    """An image dataset, split by name, with zero, one or several labels per
+    image.
 
     Attributes:
         name: the `--dataset` name it was opened with.
-        num_classes: number of label ids; labels lie in [0, num_classes).
+        label_names: the name of each label, as a tuple: ("label",) for
+            single-label data, e.g. ("object", "digit") for images that hold
+            two things to recognise, () for unlabelled images.
+        label_classes: the number of label ids of each label, a tuple as
+            long as `label_names`; label j lies in [0, label_classes[j]).
+        num_classes: the first label's number of ids (0 when unlabelled).
         image_shape: (H, W, C) of every image; H and W are None for sources
             whose images vary in size (some TFDS datasets).
         splits: the split names, as a tuple.
+
+    Labels are int64 scalars per image with one label, vectors of
+    len(label_names) with several; unlabelled sources yield -1.
     """
 
     name = None
-    num_classes = None
+    label_names = ("label",)
+    label_classes = None
     image_shape = None
     splits = ()
+
+    @property
+    def num_classes(self):
+        return self.label_classes[0] if self.label_classes else 0
+
+    @num_classes.setter
+    def num_classes(self, value):
+        # Single-label sources set num_classes; it is their one label's.
+        self.label_classes = (int(value),)
 
     def num_examples(self, split):
         """Number of examples in `split`."""
@@ -111,7 +130,8 @@ class Source:
         raise NotImplementedError
 
     def as_numpy(self, split):
-        """The whole split as (images uint8 [N, H, W, C], labels int64 [N])."""
+        """The whole split as (images uint8 [N, H, W, C], labels int64 [N],
+        or [N, L] with L > 1 labels)."""
         raise NotImplementedError
 
     def check_split(self, split):
@@ -123,7 +143,8 @@ class Source:
 
     def __repr__(self):
         return (f"{type(self).__name__}(name={self.name!r}, "
-                f"num_classes={self.num_classes}, "
+                f"label_names={self.label_names}, "
+                f"label_classes={self.label_classes}, "
                 f"image_shape={self.image_shape}, splits={self.splits})")
 
 
@@ -132,14 +153,24 @@ class InMemorySource(Source):
 
     Args:
         name: the dataset name.
-        num_classes: number of label ids.
+        num_classes: number of label ids, or a sequence of them, one per
+            label.
         arrays: dict split name -> (images uint8 [N, H, W, C],
-            labels int64 [N]); all splits share H, W, C.
+            labels int64 [N], or [N, L] for L labels); all splits share
+            H, W, C.
+        label_names: the labels' names; ("label",) by default.
     """
 
-    def __init__(self, name, num_classes, arrays):
+    def __init__(self, name, num_classes, arrays, label_names=("label",)):
         self.name = name
-        self.num_classes = int(num_classes)
+        if isinstance(num_classes, (tuple, list)):
+            self.label_classes = tuple(int(n) for n in num_classes)
+        else:
+            self.num_classes = num_classes
+        self.label_names = tuple(label_names)
+        if len(self.label_names) != len(self.label_classes):
+            raise ValueError(f"{len(self.label_names)} label names for "
+                             f"{len(self.label_classes)} labels")
         self._arrays = {
             split: (np.asarray(images, np.uint8), np.asarray(labels, np.int64))
             for split, (images, labels) in arrays.items()
