@@ -220,6 +220,7 @@ def test_image_folder_round_trips_pixels_and_labels(tmp_path):
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
     source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
     assert source.splits == ("test", "train")
+    assert source.labelled and source.skipped == ()
     assert source.num_classes == 3
     assert source.class_names == CLASSES
     assert source.image_shape == (5, 6, 3)
@@ -267,6 +268,109 @@ def test_image_folder_errors(tmp_path):
                                                               np.uint8))
     with pytest.raises(datasets.DatasetError, match="class"):
         datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+
+
+def test_image_folder_reads_a_flat_folder_as_unlabelled(tmp_path):
+    rng = np.random.default_rng(3)
+    # Written out of order; "10" sorts before "2" by name.
+    names = ("2.png", "10.png", "a.png", "B.jpg")
+    written = {name: rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+               for name in names}
+    for name, image in written.items():
+        encode = tf.io.encode_jpeg if name.endswith(".jpg") else tf.io.encode_png
+        (tmp_path / name).write_bytes(encode(image).numpy())
+    _write_png(tmp_path / ".hidden.png", written["a.png"])
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    assert source.splits == ("train",) and not source.labelled
+    assert source.label_names == () and source.label_classes == ()
+    assert source.num_classes == 0 and source.class_names == ()
+    assert source.image_shape == (4, 5, 3) and source.num_examples("train") == 4
+    images, labels = source.as_numpy("train")
+    assert labels.dtype == np.int64 and list(labels) == [-1] * 4
+    order = sorted(names)
+    assert order == ["10.png", "2.png", "B.jpg", "a.png"]
+    jpeg = tf.io.decode_jpeg((tmp_path / "B.jpg").read_bytes()).numpy()
+    expected = [jpeg if name == "B.jpg" else written[name] for name in order]
+    np.testing.assert_array_equal(images, np.stack(expected))
+    streamed = _collect(source.as_dataset("train").batch(3))
+    assert source.as_dataset("train").element_spec[1].shape == ()
+    np.testing.assert_array_equal(streamed[0], images)
+    np.testing.assert_array_equal(streamed[1], labels)
+
+
+def test_image_folder_ignores_top_level_files_beside_split_directories(
+        tmp_path):
+    written = _make_folder(tmp_path, per_class={"train": 1})
+    # Another size: reading it would be an error.
+    _write_png(tmp_path / "preview.png", np.zeros((9, 9, 3), np.uint8))
+    source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    assert source.labelled and source.splits == ("train",)
+    assert _pairs(*source.as_numpy("train")) == _pairs(*written["train"])
+
+
+def _unreadable_files(directory, stem):
+    """Writes a corrupt, a truncated PNG, a truncated JPEG and an empty file
+    into `directory`; returns their paths, sorted."""
+    image = np.random.default_rng(5).integers(0, 256, (5, 6, 3), np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    jpeg = tf.io.encode_jpeg(image).numpy()
+    contents = {f"{stem}corrupt.png": b"not an image at all",
+                f"{stem}truncated.png": png[:len(png) // 2],
+                f"{stem}truncated.jpg": jpeg[:len(jpeg) // 2],
+                f"{stem}empty.jpeg": b""}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in contents.items():
+        (directory / name).write_bytes(content)
+    return sorted(str(directory / name) for name in contents)
+
+
+def test_image_folder_skips_and_counts_unreadable_images(tmp_path, caplog):
+    written = _make_folder(tmp_path)
+    # "-" sorts before the digits: the very first file is unreadable, so the
+    # first readable image must fix the shape.
+    bad_test = _unreadable_files(tmp_path / "test" / "cat", "-")
+    bad_train = _unreadable_files(tmp_path / "train" / "emu", "x")
+    with caplog.at_level("WARNING"):
+        source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    assert source.skipped == tuple(bad_test + bad_train)
+    assert source.image_shape == (5, 6, 3)
+    assert source.num_examples("train") == 9 and source.num_examples("test") == 6
+    for split, (images, labels) in written.items():
+        assert _pairs(*source.as_numpy(split)) == _pairs(images, labels)
+    warnings = [r.getMessage() for r in caplog.records
+                if "image_folder: skipped" in r.getMessage()]
+    assert warnings == [f"image_folder: skipped 8 unreadable image(s) in "
+                        f"{tmp_path}, e.g. {bad_test[0]}"]
+
+
+def test_image_folder_without_a_readable_image_is_an_error(tmp_path):
+    flat = tmp_path / "flat"
+    bad = _unreadable_files(flat, "")
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.get_dataset("image_folder", data_dir=str(flat))
+    message = str(info.value)
+    assert "--data_dir" in message and "no readable image" in message
+    assert bad[0] in message and "\n" not in message
+
+    labelled = tmp_path / "labelled"
+    _make_folder(labelled, per_class={"train": 1})
+    _unreadable_files(labelled / "test" / "cat", "")
+    for name in CLASSES[1:]:
+        (labelled / "test" / name).mkdir()
+    with pytest.raises(datasets.DatasetError, match="split 'test'.*no readable"):
+        datasets.get_dataset("image_folder", data_dir=str(labelled))
+
+
+def test_image_folder_flat_folder_without_images_is_an_error(tmp_path):
+    _write_png(tmp_path / ".hidden.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    message = str(info.value)
+    assert "--data_dir" in message and "no image files" in message
+    assert "\n" not in message
 
 
 # ------------------------------------------------------------------- TFDS ---
