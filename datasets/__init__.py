@@ -6,6 +6,10 @@
   (`datasets.digits`); the default, needs no data directory.
 - `image_folder`: image files under `data_dir/<split>/<class>/`
   (`datasets.image_folder`).
+- `digits_on_photos`: crops of scikit-image's photographs with a 3x3 grid of
+  one digit, labels (object, digit) (`datasets.digits_on_photos`).
+- `multi_digits`: a large and a small digit per image, labels (large,
+  small) (`datasets.multi_digits`).
 - any other name: a TFDS dataset already prepared in the TFDS data directory
   `data_dir` (TFDS's default directory when None) (`datasets.tfds_source`).
 
@@ -26,8 +30,13 @@ from .registry import SOURCES
 from .registry import register
 from . import digits  # noqa: F401  (registers "digits")
 from . import image_folder  # noqa: F401  (registers "image_folder")
+from . import digits_on_flowers  # noqa: F401  (registers "digits_on_flowers")
+from . import digits_on_photos  # noqa: F401  (registers "digits_on_photos")
+from . import multi_digits  # noqa: F401  (registers "multi_digits")
 from .digits import DigitsSource
+from .digits_on_photos import DigitsOnPhotosSource
 from .image_folder import ImageFolderSource
+from .multi_digits import MultiDigitsSource
 from .tfds_source import TFDSSource
 
 
@@ -64,6 +73,7 @@ def get_dataset(name, data_dir=None, **options):
     return TFDSSource(name, data_dir)
 
 
-__all__ = ["DatasetError", "DigitsSource", "ImageFolderSource",
-           "InMemorySource", "OPTIONS", "SOURCES", "Source", "TFDSSource",
-           "get_dataset", "image_size_preset", "register"]
+__all__ = ["DatasetError", "DigitsOnPhotosSource", "DigitsSource",
+           "ImageFolderSource", "InMemorySource", "MultiDigitsSource", "OPTIONS",
+           "SOURCES", "Source", "TFDSSource", "get_dataset", "image_size_preset",
+           "register"]
