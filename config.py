@@ -31,6 +31,8 @@ import model as model_lib
 import objective
 
 RECORD_FILE = "flags.json"
+# 2^K hash buckets; more bits than ~log2(examples) only add constant planes.
+MAX_RAND_BITS = 32
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 # Flags that map onto compute_loss parameters: flag -> (param, losses it is
@@ -76,8 +78,12 @@ SESSION_FLAGS = frozenset({
     "gcp_project", "cache_dataset", "deterministic"})
 
 # Flags that fix the encoder and projection head a checkpoint holds.
+# (--num_rand_bits fixes the input channels of its first convolution.)
 ARCHITECTURE_FLAGS = ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio",
-                      "proj_head_mode", "proj_out_dim", "num_proj_layers")
+                      "proj_head_mode", "proj_out_dim", "num_proj_layers", "num_rand_bits")
+
+# Flags that configure a dataset source (`datasets.OPTIONS`).
+DATASET_FLAGS = ("digit_sizes",)
 
 # The ResNet's stem is the CIFAR one up to this image size.
 CIFAR_STEM_MAX_SIZE = 32
@@ -139,6 +145,7 @@ def resolve(values, present, defaults):
     present = set(present)
     explicit = set(present)  # flags whose value did not come from a default
     notices = []
+    values["digit_sizes"] = _sizes(values.get("digit_sizes"))
 
     record = None
     if values["mode"] == "eval":
@@ -158,11 +165,13 @@ def resolve(values, present, defaults):
             and values["mode"] != "eval"):
         _take_architecture(values, present, explicit, values["checkpoint"])
 
-    source = datasets.get_dataset(values["dataset"], values["data_dir"])
+    source = open_dataset(values)
     if record is None:
         notices += _apply_preset(values, present, explicit, defaults, source)
 
     _check_flags(values, present, defaults)
+    if not source.label_names:
+        notices += _unlabelled(values, present, source)
     loss_params = _resolve_loss(values, present, explicit)
     if values["train_mode"] == "finetune" and not values["checkpoint"] and values["mode"] != "eval":
         notices.append("--train_mode=finetune without --checkpoint trains from "
@@ -173,11 +182,59 @@ def resolve(values, present, defaults):
 
     if values["model_dir"] is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        values["model_dir"] = os.path.join(
-            "runs", f"{values['dataset']}_{values['train_mode']}_{values['loss']}_{stamp}")
+        what = values["train_mode"] + (f"_{values['loss']}" if values["train_mode"] == "pretrain"
+                                       else "")
+        values["model_dir"] = os.path.join("runs", f"{values['dataset']}_{what}_{stamp}")
     elif values["mode"] != "eval":
         _check_resume(values)
     return Config(values, loss_params, notices), source
+
+
+def open_dataset(values):
+    """The `datasets.Source` of flag values {flag: value}: --dataset,
+    --data_dir and the dataset flags its source takes (`datasets.OPTIONS`).
+
+    Raises:
+        datasets.DatasetError: as `datasets.get_dataset`, and for a dataset
+            flag set to a value (not None) that the dataset does not take.
+    """
+    name = values["dataset"]
+    accepted = datasets.OPTIONS.get(name, ())
+    options = {flag: values[flag] for flag in DATASET_FLAGS
+               if flag in accepted or values.get(flag) is not None}
+    return datasets.get_dataset(name, values["data_dir"], **options)
+
+
+def _sizes(value):
+    """--digit_sizes as a list of ints (None when unset)."""
+    if value is None or isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return value
+    try:
+        sizes = [int(v) for v in value]
+    except ValueError:
+        raise UsageError(f"--digit_sizes must be comma-separated pixel sizes such as 20,8; "
+                         f"got {','.join(value)}") from None
+    if any(v <= 0 for v in sizes):
+        raise UsageError(f"--digit_sizes must be > 0; got {','.join(map(str, sizes))}")
+    return sizes
+
+
+def _unlabelled(values, present, source):
+    """Unlabelled images train a representation only: no probe, no
+    baselines; returns the notice."""
+    if values["train_mode"] == "finetune":
+        raise UsageError(f"--train_mode=finetune needs labels; --dataset={source.name} "
+                         f"--data_dir={values['data_dir']} holds unlabelled images (a flat "
+                         f"folder: class sub-directories give labels)")
+    for flag in ("lineareval_while_pretraining", "compute_baselines"):
+        values[flag] = False
+    measured = ""
+    if values["eval_split"] not in source.splits and "eval_split" not in present:
+        # The representation metrics need held-out images; there are none.
+        values["eval_split"] = values["train_split"]
+        measured = f" and the representation metrics are measured on --eval_split={values['train_split']}"
+    return [f"--data_dir={values['data_dir']} holds unlabelled images: training learns a "
+            f"representation only; the online probe, kNN and the baselines are off{measured}"]
 
 
 # ---------------------------------------------------------------------------
@@ -297,9 +354,9 @@ def _apply_preset(values, present, explicit, defaults, source):
 # ---------------------------------------------------------------------------
 def _check_flags(cfg, present, defaults):
     """Cross-flag checks that absl validators cannot express."""
-    if cfg["train_mode"] == "pretrain" and cfg["fine_tune_after_block"] > -1:
-        raise UsageError("--fine_tune_after_block must be -1 with --train_mode=pretrain "
-                         "(freezing applies to --train_mode=finetune)")
+    if cfg["train_mode"] != "finetune" and cfg["fine_tune_after_block"] > -1:
+        raise UsageError(f"--fine_tune_after_block must be -1 with --train_mode="
+                         f"{cfg['train_mode']} (freezing applies to --train_mode=finetune)")
     if cfg["proj_head_mode"] == "nonlinear" and cfg["num_proj_layers"] < 1:
         raise UsageError("--num_proj_layers must be >= 1 with --proj_head_mode=nonlinear")
     num_hiddens = {"none": 1, "linear": 2,
@@ -312,14 +369,18 @@ def _check_flags(cfg, present, defaults):
         raise UsageError("--train_epochs or --train_steps must be > 0 to train")
     if cfg["checkpoint_steps"] == 0 and cfg["checkpoint_epochs"] == 0:
         raise UsageError("--checkpoint_epochs or --checkpoint_steps must be > 0")
-    probe = cfg["train_mode"] == "pretrain" and cfg["lineareval_while_pretraining"]
+    probe = (cfg["train_mode"] in ("pretrain", "autoencoder")
+             and cfg["lineareval_while_pretraining"])
     # Passing a probe flag's own default (the original's behaviour) is fine anywhere.
     for flag in ("probe_learning_rate", "probe_view", "probe_weight_decay"):
         if flag in present and cfg[flag] != defaults[flag] and not probe:
             raise UsageError(f"--{flag} applies to the online probe: --train_mode=pretrain "
-                             "with --lineareval_while_pretraining")
-    if cfg["train_mode"] == "finetune" and "loss" in present and cfg["loss"] != defaults["loss"]:
-        raise UsageError("--loss applies to --train_mode=pretrain only")
+                             "or autoencoder with --lineareval_while_pretraining")
+    if cfg["train_mode"] != "pretrain":
+        for flag in ("loss",) + tuple(f for f in LOSS_FLAGS if f not in SHARED_LOSS_FLAGS):
+            if flag in present and cfg[flag] != defaults[flag]:
+                raise UsageError(f"--{flag} applies to --train_mode=pretrain only (not "
+                                 f"--train_mode={cfg['train_mode']})")
     if cfg["kcl_t"] is not None:
         if cfg["kcl_kernel"] == "riesz" and cfg["kcl_t"] == 0:
             raise UsageError("--kcl_t must be != 0 with --kcl_kernel=riesz (it is the "
@@ -376,14 +437,16 @@ def validators():
     for name in ("train_batch_size", "eval_batch_size", "image_size", "proj_out_dim",
                  "num_proj_layers", "width_multiplier", "keep_checkpoint_max",
                  "temperature", "align_alpha", "unif_t",
-                 "hard_num_negatives", "log_every_steps"):
+                 "hard_num_negatives"):
         checks.append((name, lambda v: v is None or v > 0, f"--{name} must be > 0"))
     for name in ("learning_rate", "warmup_epochs", "weight_decay", "train_epochs",
                  "train_steps", "eval_steps", "checkpoint_epochs", "checkpoint_steps",
                  "sk_ratio", "se_ratio", "color_jitter_strength", "lambda_weight",
                  "gen_loss_scale", "kcl_gamma", "probe_learning_rate", "probe_weight_decay",
-                 "keep_hub_module_max"):
+                 "keep_hub_module_max", "log_every_steps"):
         checks.append((name, lambda v: v is None or v >= 0, f"--{name} must be >= 0"))
+    checks.append(("num_rand_bits", lambda v: 0 <= v <= MAX_RAND_BITS,
+                   f"--num_rand_bits must be in [0, {MAX_RAND_BITS}]"))
     checks += [
         ("resnet_depth", lambda v: v in RESNET_DEPTHS,
          f"--resnet_depth must be one of {', '.join(map(str, RESNET_DEPTHS))}"),

@@ -2,11 +2,16 @@
 
 Mirrors the original release's `build_input_fn` / `build_distributed_dataset`.
 In pretraining every example yields `num_views` independently augmented views
-concatenated along the channel axis, `VIEW_CHANNELS` channels each, so a batch
-of two-view examples is [b, H, W, 2 * VIEW_CHANNELS]: view k occupies
-channels k * VIEW_CHANNELS .. (k + 1) * VIEW_CHANNELS - 1. With `clean_view`
-the evaluation view of the same example follows them (for the online probe).
-The model splits the channels back into views (`model.Model(view_channels=)`).
+concatenated along the channel axis, c = `view_channels(num_rand_bits)`
+channels each, so a batch of two-view examples is [b, H, W, 2c]: view k
+occupies channels k·c .. (k + 1)·c − 1. With `clean_view` the evaluation view
+of the same example follows them (for the online probe). The model splits the
+channels back into views (`model.Model(view_channels=)`).
+
+A view is RGB (`RGB_CHANNELS`), then, with `num_rand_bits` = K > 0, the K
+RandBits channels of its image (`datasets.rand_bits`): constant planes of
+the bits of a hash of the stored image, the same in every view of the image
+and in its evaluation view, never augmented.
 
 Randomness: training example j of input pipeline k of n (j counted from the
 start of training, over the repeated, shuffled split) is cropped and flipped
@@ -22,28 +27,60 @@ import tensorflow as tf
 
 import data_util
 import train_lib
+from datasets import rand_bits
 
-# Channels of one view: the augmentations produce RGB.
-VIEW_CHANNELS = 3
+# Channels of a view's image: the augmentations produce RGB.
+RGB_CHANNELS = 3
 # Salts of the per-example and per-batch seeds, so the two never coincide.
 _EXAMPLE_SALT = 0
 _BATCH_SALT = 1
 
 
+TRAIN_MODES = ("pretrain", "finetune", "autoencoder")
+
+
+def view_channels(num_rand_bits=0):
+    """Channels of one view: RGB, then the RandBits planes."""
+    return RGB_CHANNELS + num_rand_bits
+
+
 def _view_count(is_training, train_mode, num_views):
-    if train_mode not in ("pretrain", "finetune"):
-        raise ValueError(
-            f"train_mode must be 'pretrain' or 'finetune', got {train_mode!r}")
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, "
+                         f"got {train_mode!r}")
     if num_views < 1:
         raise ValueError(f"num_views must be at least 1, got {num_views}")
-    return num_views if is_training and train_mode == "pretrain" else 1
+    if not is_training or train_mode == "finetune":
+        return 1
+    return num_views if train_mode == "pretrain" else 1
+
+
+def eval_view_fn(image_size, num_rand_bits=0):
+    """image uint8 [H, W, C] -> its evaluation view float32
+    [image_size, image_size, view_channels(num_rand_bits)] in [0, 1]:
+    centre-cropped (not below 33 px), resized, RGB, then its RandBits."""
+    def eval_view(image):
+        view = data_util.preprocess_image(
+            image, image_size, image_size, is_training=False,
+            test_crop=image_size > 32)
+        return _with_bits(view, image, num_rand_bits)
+    return eval_view
+
+
+def _with_bits(view, image, num_rand_bits):
+    """`view` [H, W, 3] followed by the RandBits planes of `image`."""
+    if not num_rand_bits:
+        return view
+    bits = rand_bits.hash_bits(image, num_rand_bits)
+    shape = tf.shape(view)
+    return tf.concat([view, rand_bits.bit_channels(bits, shape[0], shape[1])], -1)
 
 
 def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
                    num_views=2, flip=True, clean_view=False, seed=0,
-                   deterministic=False, start_step=0):
+                   deterministic=False, start_step=0, num_rand_bits=0):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
@@ -51,7 +88,8 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     and drops the last partial batch. `pretrain` gives `num_views` views with
     random crop, flip and colour distortion of strength
     `color_jitter_strength`, then (if `use_blur`) Gaussian blur with one sigma
-    per view batch; `finetune` gives one view with crop and flip only.
+    per view batch; `autoencoder` gives one such view; `finetune` gives one
+    view with crop and flip only.
     Evaluation reads the split once, in order, one centre-cropped view per
     example (no crop when image_size <= 32), keeping the last partial batch.
 
@@ -61,7 +99,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         is_training: training or evaluation pipeline.
         split: the split of `source` to read.
         image_size: output height and width.
-        train_mode: 'pretrain' or 'finetune'.
+        train_mode: 'pretrain', 'finetune' or 'autoencoder'.
         color_jitter_strength: strength s of colour jitter (pretraining).
         use_blur: blur pretraining views.
         cache_dataset: cache the decoded examples before augmentation.
@@ -69,9 +107,9 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         num_views: views per example in pretraining.
         flip: random horizontal flips in training (off for data whose
             mirror image is another class, such as digits).
-        clean_view: in pretraining, append the evaluation view of each
-            example (no augmentation, never blurred) after its `num_views`
-            augmented views.
+        clean_view: in pretraining (and autoencoder training), append the
+            evaluation view of each example (no augmentation, never blurred)
+            after its augmented views.
         seed: int, the seed of every augmentation (and of the order with
             `deterministic`).
         deterministic: seeded shuffle (and file order), elements kept in
@@ -81,12 +119,14 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             `start_step` global batches, so a resumed run sees what an
             uninterrupted one would have (the skipped examples are read,
             not augmented).
+        num_rand_bits: K RandBits planes after the RGB of every view.
 
     Returns:
         `input_fn(input_context=None)` -> `tf.data.Dataset` of
-        (images float32 [b, image_size, image_size, VIEW_CHANNELS * views]
-        in [0, 1], labels int32 [b]), with views = num_views (+ 1 with
-        `clean_view`) when pretraining and 1 otherwise, and b = the
+        (images float32 [b, image_size, image_size, c * views] in [0, 1]
+        with c = view_channels(num_rand_bits), labels int32 [b], or [b, L]
+        for L labels), with views = num_views (+ 1 with `clean_view`) when
+        pretraining, 1 (+ 1) for the autoencoder and 1 otherwise, and b = the
         per-replica batch
         `input_context.get_per_replica_batch_size(global_batch_size)`
         (`global_batch_size` when `input_context` is None).
@@ -96,17 +136,14 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     """
     source.num_examples(split)  # A missing split fails here, not mid-run.
     views = _view_count(is_training, train_mode, num_views)
-    pretraining = is_training and train_mode == "pretrain"
+    pretraining = is_training and train_mode in ("pretrain", "autoencoder")
     blur = pretraining and use_blur
     color = pretraining and color_jitter_strength > 0
     clean_view = pretraining and clean_view
     base_seed = tf.constant([seed, _EXAMPLE_SALT], tf.int64)
     batch_base_seed = tf.constant([seed, _BATCH_SALT], tf.int64)
-
-    def eval_view(image):
-        return data_util.preprocess_image(
-            image, image_size, image_size, is_training=False,
-            test_crop=image_size > 32)
+    eval_view = eval_view_fn(image_size, num_rand_bits)
+    rgb_eval_view = eval_view_fn(image_size)
 
     def train_view(image, view_seed):
         # Colour distortion runs on whole batches (batch_fn).
@@ -156,10 +193,12 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
                 tf.random.experimental.stateless_split(example_seed, views))
             parts = [train_view(image, s) for s in view_seeds]
             if clean_view:
-                parts.append(eval_view(image))
-            return tf.concat(parts, axis=-1), tf.cast(label, tf.int32), index
+                parts.append(rgb_eval_view(image))
+            bits = (rand_bits.hash_bits(image, num_rand_bits) if num_rand_bits
+                    else tf.zeros([0], tf.float32))
+            return tf.concat(parts, axis=-1), bits, tf.cast(label, tf.int32), index
 
-        def batch_fn(images, labels, indices):
+        def batch_fn(images, bits, labels, indices):
             batch_seed = tf.random.experimental.stateless_fold_in(
                 batch_base_seed, indices[0] * pipelines + pipeline_id)
             color_seed, blur_seed = tf.unstack(
@@ -173,7 +212,17 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             if blur:
                 view_batches[:views] = data_util.batch_random_blur(
                     view_batches[:views], image_size, image_size, seed=blur_seed)
-            return tf.concat(view_batches, axis=-1), labels, indices
+            return tf.concat(view_batches, axis=-1), bits, labels, indices
+
+        def attach_bits(images, bits, labels, indices):
+            # The planes follow each view's RGB, after colour and blur.
+            shape = tf.shape(images)
+            planes = tf.broadcast_to(bits[:, tf.newaxis, tf.newaxis, :],
+                                     [shape[0], shape[1], shape[2], num_rand_bits])
+            parts = []
+            for view in tf.split(images, views + int(clean_view), axis=-1):
+                parts += [view, planes]
+            return tf.concat(parts, axis=-1), labels
 
         # The augmentations branch with tf.cond / tf.switch_case themselves;
         # AutoGraph would only spend seconds re-parsing them.
@@ -184,7 +233,10 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             dataset = dataset.map(
                 tf.autograph.experimental.do_not_convert(batch_fn),
                 num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.map(lambda images, labels, _: (images, labels))
+        if num_rand_bits:
+            dataset = dataset.map(attach_bits, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            dataset = dataset.map(lambda images, bits, labels, _: (images, labels))
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn
@@ -199,20 +251,22 @@ def train_input_fn(cfg, source, start_step=0):
         color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
         cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
         num_views=2, flip=cfg.use_flip, clean_view=train_lib.clean_probe_view(cfg),
-        seed=cfg.seed, deterministic=cfg.deterministic, start_step=start_step)
+        seed=cfg.seed, deterministic=cfg.deterministic, start_step=start_step,
+        num_rand_bits=cfg.num_rand_bits)
 
 
 def eval_input_fn(cfg, source):
     """The evaluation `input_fn` of a run's flags: --eval_split, in order."""
     return build_input_fn(
         source, cfg.eval_batch_size, is_training=False, split=cfg.eval_split,
-        image_size=cfg.image_size, train_mode=cfg.train_mode)
+        image_size=cfg.image_size, train_mode=cfg.train_mode,
+        num_rand_bits=cfg.num_rand_bits)
 
 
 def heldout_input_fn(cfg, source, batch_size):
     """Batches of `batch_size` held-out examples (--eval_split) for the
     representation metrics: two augmented views (the run's augmentation)
-    and the evaluation view, [b, H, W, 3 * VIEW_CHANNELS], in a seeded order
+    and the evaluation view, [b, H, W, 3c] (c = `view_channels`), in a seeded order
     with seeded views, so the first batch is the same at every checkpoint
     and in every process of a run."""
     return build_input_fn(
@@ -220,7 +274,8 @@ def heldout_input_fn(cfg, source, batch_size):
         image_size=cfg.image_size, train_mode="pretrain",
         color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
         area_range=(cfg.crop_min_area, 1.0), num_views=2, flip=cfg.use_flip,
-        clean_view=True, seed=cfg.seed, deterministic=True)
+        clean_view=True, seed=cfg.seed, deterministic=True,
+        num_rand_bits=cfg.num_rand_bits)
 
 
 def build_distributed_dataset(input_fn, strategy):

@@ -22,9 +22,9 @@ from absl import logging
 
 import checkpoint as checkpoint_lib
 import data
-import data_util
 import metrics
 import train_lib
+from datasets import rand_bits
 
 # Rows of the held-out batch the representation metrics are measured on.
 HELDOUT_SIZE = 512
@@ -39,33 +39,48 @@ KNN_TEMPERATURE = 0.1
 MAX_FEATURE_EXAMPLES = 100_000
 
 
+def label_keys(source):
+    """[(label index, key suffix)] of the source's labels: ("", 0) for the
+    one label of single-label data; with several, the first label also
+    gets the plain keys (probe_top1 is always the first label's) and every
+    label j its own, suffixed `_<name>`."""
+    if len(source.label_names) <= 1:
+        return [(0, "")] if source.label_names else []
+    return [(0, "")] + [(j, f"_{name}") for j, name in enumerate(source.label_names)]
+
+
+def label_column(labels, j):
+    """Label j of `labels` [N] or [N, L]."""
+    return labels if labels.ndim == 1 else labels[:, j]
+
+
 def evaluate(cfg, trainer, source):
     """{"global_step", "eval/regularization_loss", and with a supervised
     head "eval/label_top_1_accuracy", "eval/label_top_5_accuracy" and
-    "probe_top1"} of the trainer's current weights."""
+    "probe_top1" (per label with several: `label_keys`, "eval/<name>_top_1
+    _accuracy")} of the trainer's current weights."""
     trainer.sync()
     result = {"global_step": trainer.step, "backend": trainer.backend,
               "eval/regularization_loss": float(train_lib.weight_decay_loss(trainer.model, cfg))}
     if trainer.model.supervised_head is None:
-        logging.info("No supervised head (pretrain without --lineareval_while_pretraining): "
-                     "top-1 is not measured.")
+        logging.info("No supervised head (pretrain without --lineareval_while_pretraining, or "
+                     "unlabelled data): top-1 is not measured.")
         return result
-    k = min(5, source.num_classes)
-    top1, topk, count = trainer.top_k_counts(source, k, cfg.eval_steps)
-    result["eval/label_top_1_accuracy"] = top1 / max(count, 1)
-    result["eval/label_top_5_accuracy"] = topk / max(count, 1)
-    result["probe_top1"] = result["eval/label_top_1_accuracy"]
+    top1, topk, count = trainer.top_k_counts(source, 5, cfg.eval_steps)
+    for j, suffix in label_keys(source):
+        name = f"{source.label_names[j]}_" if suffix else "label_"
+        result[f"eval/{name}top_1_accuracy"] = float(top1[j]) / max(count, 1)
+        result[f"eval/{name}top_5_accuracy"] = float(topk[j]) / max(count, 1)
+        result[f"probe_top1{suffix}"] = result[f"eval/{name}top_1_accuracy"]
     return result
 
 
 def encode_split(cfg, trainer, model, images, batch_size=512):
-    """h of `model` for uint8 `images` [N, H, W, C], each as its eval view,
-    in batches of `batch_size`, the last one padded to that size so the
-    encoder runs at one shape (one compilation under JAX)."""
+    """h of `model` for uint8 `images` [N, H, W, C], each as its eval view
+    (with its RandBits), in batches of `batch_size`, the last one padded to
+    that size so the encoder runs at one shape (one compilation under JAX)."""
     dataset = tf.data.Dataset.from_tensor_slices(images).map(
-        lambda image: data_util.preprocess_image(
-            image, cfg.image_size, cfg.image_size, is_training=False,
-            test_crop=cfg.image_size > 32)).batch(batch_size)
+        data.eval_view_fn(cfg.image_size, cfg.num_rand_bits)).batch(batch_size)
     features = []
     for batch in dataset.as_numpy_iterator():
         rows = len(batch)
@@ -77,13 +92,14 @@ def encode_split(cfg, trainer, model, images, batch_size=512):
 
 
 # The flags a held-out batch depends on.
-HELDOUT_FLAGS = ("dataset", "data_dir", "eval_split", "image_size", "seed",
-                 "color_jitter_strength", "use_blur", "crop_min_area", "use_flip")
+HELDOUT_FLAGS = ("dataset", "data_dir", "digit_sizes", "eval_split", "image_size", "seed",
+                 "color_jitter_strength", "use_blur", "crop_min_area", "use_flip",
+                 "num_rand_bits")
 _heldout_batches = {}
 
 
 def heldout_batch(cfg, source):
-    """(views [n, H, W, 3 · VIEW_CHANNELS], labels [n]) as numpy: the first
+    """(views [n, H, W, 3c], labels [n] or [n, L]) as numpy: the first
     batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples);
     kept for the other commands of the process with the same HELDOUT_FLAGS
     (training, then evaluation)."""
@@ -101,10 +117,11 @@ def representation_metrics(cfg, trainer, batch):
     current weights on a `heldout_batch`, the model in inference mode:
     alignment (α = 2) and the negative-hardness diagnostics (τ =
     --temperature, top-1 share) of the two augmented views; uniformity
-    (t = 2), tolerance (by label), Wasserstein uniformity (10,000 pairs,
-    seed 0) and effective rank of the evaluation views (`metrics.py`)."""
+    (t = 2), tolerance (by the first label), Wasserstein uniformity (10,000
+    pairs, seed 0) and effective rank of the evaluation views (`metrics.py`)."""
     images, labels = batch
-    c = data.VIEW_CHANNELS
+    labels = label_column(labels, 0)
+    c = train_lib.view_channels(cfg)
     (h1, z1), (h2, z2), (h, z) = [trainer.embed(images[..., v * c:(v + 1) * c])
                                   for v in range(3)]
     result = {}
@@ -112,7 +129,8 @@ def representation_metrics(cfg, trainer, batch):
         entropy, top_share = metrics.negative_hardness(a, b, temperature=cfg.temperature)
         values = dict(
             alignment=metrics.alignment(a, b), uniformity=metrics.uniformity(clean),
-            tolerance=metrics.tolerance(clean, labels),
+            # Unlabelled images (-1) have no tolerance.
+            tolerance=metrics.tolerance(clean, labels) if np.all(labels >= 0) else math.nan,
             wasserstein_uniformity=metrics.wasserstein_uniformity(clean),
             effective_rank=metrics.effective_rank(clean), negative_entropy=entropy,
             top_negative_share=top_share)
@@ -151,41 +169,53 @@ def split_features(cfg, trainer, source, model=None):
             encode_split(cfg, trainer, model, x_eval), y_eval)
 
 
-def knn_top1(features, num_classes):
+def knn_top1(features, num_classes, label=0):
     """Top-1 of the weighted kNN on h (`metrics.knn_predict`, k = 200,
-    τ = 0.1) of `split_features`: eval rows classified by train rows."""
+    τ = 0.1) of `split_features`: eval rows classified by train rows, by
+    label `label` (of `num_classes` ids)."""
     h_train, y_train, h_eval, y_eval = features
+    y_train, y_eval = label_column(y_train, label), label_column(y_eval, label)
     predicted = np.asarray(metrics.knn_predict(h_train, y_train, h_eval, num_classes,
                                                KNN_K, KNN_TEMPERATURE))
     return float(np.mean(predicted == y_eval))
 
 
+def raw_pixels(cfg, images):
+    """The raw-pixel baseline's inputs of uint8 `images` [N, H, W, C]:
+    pixels / 255, flattened, followed by the RandBits of each image."""
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    if not cfg.num_rand_bits:
+        return flat
+    bits = tf.data.Dataset.from_tensor_slices(images).map(
+        lambda image: rand_bits.hash_bits(image, cfg.num_rand_bits)).batch(4096)
+    return np.concatenate([flat, np.concatenate(list(bits.as_numpy_iterator()))], axis=1)
+
+
 def compute_baselines(cfg, trainer, source, features):
-    """Logistic regression on raw pixels, on the trained encoder's h
-    (`features`, from `split_features`) and on an untrained encoder's h
-    (eval-mode batch norm, no augmentation), all standardised and scored on
-    --eval_split."""
+    """Logistic regression on raw pixels (and RandBits), on the trained
+    encoder's h (`features`, from `split_features`) and on an untrained
+    encoder's h (eval-mode batch norm, no augmentation), all standardised
+    and scored on --eval_split, for each label (`label_keys`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x_train, y_train = source.as_numpy(cfg.train_split)
     x_test, y_test = source.as_numpy(cfg.eval_split)
-
-    def fit_score(f_train, f_test):
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        classifier.fit(f_train, y_train)
-        return float(classifier.score(f_test, y_test))
-
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
     keras.utils.set_random_seed(cfg.seed + 1)
-    untrained = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    untrained = train_lib.build_model(cfg, source.label_classes)
     random_features = split_features(cfg, trainer, source, untrained)
-    return {
-        "raw_pixel_top1": fit_score(flat(x_train), flat(x_test)),
-        "random_encoder_top1": fit_score(random_features[0], random_features[2]),
-        "encoder_logreg_top1": fit_score(features[0], features[2]),
-    }
+    inputs = dict(raw_pixel=(raw_pixels(cfg, x_train), raw_pixels(cfg, x_test)),
+                  random_encoder=(random_features[0], random_features[2]),
+                  encoder_logreg=(features[0], features[2]))
+    result = {}
+    for j, suffix in label_keys(source):
+        for name, (f_train, f_test) in inputs.items():
+            classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            classifier.fit(f_train, label_column(y_train, j))
+            result[f"{name}_top1{suffix}"] = float(
+                classifier.score(f_test, label_column(y_test, j)))
+    return result
 
 
 def write_result(cfg, result, chief):
@@ -212,12 +242,13 @@ def evaluate_and_write(cfg, trainer, source):
     batch = heldout_batch(cfg, source)
     representation = representation_metrics(cfg, trainer, batch)
     result.update({f"representation/{k}": v for k, v in representation.items()})
-    features = split_features(cfg, trainer, source)
-    if features is None:
+    features = None if not source.label_names else split_features(cfg, trainer, source)
+    if features is None and source.label_names:
         logging.warning("kNN and baselines skipped: --train_split has more than %d examples",
                         MAX_FEATURE_EXAMPLES)
-    else:
-        result["knn_top1"] = knn_top1(features, source.num_classes)
+    elif features is not None:
+        for j, suffix in label_keys(source):
+            result[f"knn_top1{suffix}"] = knn_top1(features, source.label_classes[j], j)
         if cfg.compute_baselines:
             result.update(compute_baselines(cfg, trainer, source, features))
     # NaN (tolerance without two rows of one label) is not JSON: null.
@@ -226,8 +257,8 @@ def evaluate_and_write(cfg, trainer, source):
     write_result(cfg, result, trainer.chief)
     if cfg.plot and trainer.chief:
         import plots
-        c = data.VIEW_CHANNELS
+        c = train_lib.view_channels(cfg)
         h, z = trainer.embed(batch[0][..., 2 * c:3 * c])
-        for path in plots.write_plots(cfg.model_dir, h, z, batch[1]):
+        for path in plots.write_plots(cfg.model_dir, h, z, label_column(batch[1], 0)):
             print(f"plot: {path}", flush=True)
     return result

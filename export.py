@@ -5,10 +5,12 @@ SavedModel in `model_dir/saved_model/<global_step>/`, the newest
 `--keep_hub_module_max` kept, called as
 
     m = tf.saved_model.load(path)
-    outputs = m(images, trainable=False)  # float32 [b, H, W, 3] in [0, 1]
+    outputs = m(images, trainable=False)  # float32 [b, H, W, c] in [0, 1]
     h = outputs["final_avg_pool"]
 
-for any batch size and image size, with the outputs of `Model.endpoints`
+for any batch size and image size (c = 3 channels, RGB; 3 + K with
+`--num_rand_bits=K`: the RandBits planes follow the RGB), with the
+outputs of `Model.endpoints`
 (`OUTPUT_NAMES`; `logits_sup` only when the run has a supervised head).
 `trainable=True` runs batch norm on the batch's statistics and updates its
 moving averages, as a Keras layer in training does. Unlike the original's
@@ -46,7 +48,11 @@ import resnet
 SAVED_MODEL_DIR = "saved_model"
 OUTPUT_NAMES = resnet.ENDPOINT_NAMES + (
     "proj_head_input", "proj_head_output", "logits_sup")
-IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+
+def image_spec(channels):
+    """The images a module takes: float32 [b, H, W, channels], any b, H, W."""
+    return tf.TensorSpec([None, None, None, channels], tf.float32, name="images")
 
 
 class HubModule(tf.__internal__.tracking.AutoTrackable):
@@ -67,6 +73,7 @@ class HubModule(tf.__internal__.tracking.AutoTrackable):
             lambda images, training=training: model.endpoints(images, training=training))
             for training in (False, True)}
         self._endpoints = lambda images, training: modes[training](images)
+        self._spec = image_spec(model.view_channels)
         self.variables = list(model.variables)
         self.trainable_variables = list(model.resnet_model.trainable_variables)
         self.regularization_losses = []
@@ -79,10 +86,10 @@ class HubModule(tf.__internal__.tracking.AutoTrackable):
     def trace(self):
         """Traces the call forms users and TF Hub use; returns the inference
         concrete function (the `serving_default` signature)."""
-        serving = self.__call__.get_concrete_function(IMAGE_SPEC, trainable=False)
-        self.__call__.get_concrete_function(IMAGE_SPEC, trainable=True)
+        serving = self.__call__.get_concrete_function(self._spec, trainable=False)
+        self.__call__.get_concrete_function(self._spec, trainable=True)
         for training in (False, True):
-            self.__call__.get_concrete_function(IMAGE_SPEC, training=training)
+            self.__call__.get_concrete_function(self._spec, training=training)
         return serving
 
 
@@ -167,12 +174,10 @@ def _export_checkpoint(model_dir, prefix, step, keep):
     """Builds the model of the run's `flags.json`, restores the checkpoint
     at `prefix` into it and exports it."""
     import config
-    import data
-    import datasets
     import train_lib
     cfg = config.Config(config.read_record(model_dir))
-    source = datasets.get_dataset(cfg.dataset, cfg.data_dir)
-    model = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    source = config.open_dataset(cfg.record())
+    model = train_lib.build_model(cfg, source.label_classes)
     checkpoint_lib.restore_weights(model, prefix)
     return save(model, model_dir, step, keep)
 

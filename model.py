@@ -8,13 +8,21 @@ The training model takes images whose channels hold the augmented views side
 by side ([b, H, W, c·V], c = `view_channels` channels per view), stacks the
 views along the batch axis (rows v·b .. (v+1)·b − 1 are view v), and returns
 
-    (projection_head_output [V·b, proj_dim] or None, logits_sup [V·b, classes] or None).
+    (output, logits_sup [V·b, Σ classes] or None),
+
+output being the projection head's [V·b, proj_dim] in pretraining, the
+decoder's reconstruction [V·b, H, W, c] of the views with
+`train_mode="autoencoder"`, and None in fine-tuning. With several labels
+(`num_classes` a sequence), logits_sup holds one linear classifier per
+label side by side: columns Σ_{i<j} C_i .. Σ_{i≤j} C_i − 1 are label j's
+(`label_logits`).
 """
 import math
 
 import keras
 from keras import ops
 
+import autoencoder
 import initializers
 import lars_optimizer
 import resnet
@@ -25,7 +33,7 @@ import resnet
 LARS_EXCLUDE = ["batch_normalization", "bias", "head_supervised"]
 
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "autoencoder")
 PROBE_VIEWS = ("augmented", "clean")
 OPTIMIZERS = ("momentum", "adam", "lars")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
@@ -138,12 +146,26 @@ class SupervisedHead(keras.layers.Layer):
         return self.linear(inputs, training=training)
 
 
-class Model(keras.Model):
-    """ResNet encoder + projection head + supervised head.
+def label_logits(logits, label_classes):
+    """The per-label logits [n, C_j] of each label j of a supervised head's
+    logits [n, Σ C_j] (see the module docstring)."""
+    if len(label_classes) == 1:
+        return [logits]
+    starts = [sum(label_classes[:j]) for j in range(len(label_classes))]
+    return [logits[:, start:start + count] for start, count in zip(starts, label_classes)]
 
-    `train_mode="pretrain"` builds the projection head; the supervised head
-    exists when `lineareval_while_pretraining` (it then reads stop_gradient of
-    its input: the online linear probe) or in `train_mode="finetune"`.
+
+class Model(keras.Model):
+    """ResNet encoder + projection head + supervised head (+ decoder).
+
+    The projection head is always built (fine-tuning reads a layer of it);
+    `train_mode="pretrain"` trains it. `train_mode="autoencoder"` adds an
+    `autoencoder.Decoder` of h and trains encoder and decoder to
+    reconstruct the views. The supervised head exists when
+    `lineareval_while_pretraining` (pretrain and autoencoder; it then reads
+    stop_gradient of its input: the online linear probe) or in
+    `train_mode="finetune"`; `num_classes` is its number of classes, or a
+    sequence of them, one linear classifier per label.
 
     Inputs are views stacked on the channel axis, [b, H, W, c·k] with
     c = `view_channels` (3 for RGB views; more when the pipeline appends
@@ -167,11 +189,13 @@ class Model(keras.Model):
             raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
         if probe_view not in PROBE_VIEWS:
             raise ValueError(f"probe_view={probe_view!r}; allowed: {', '.join(PROBE_VIEWS)}")
-        if train_mode == "pretrain" and fine_tune_after_block > -1:
-            raise ValueError("fine_tune_after_block must be -1 when train_mode=pretrain "
+        if train_mode != "finetune" and fine_tune_after_block > -1:
+            raise ValueError(f"fine_tune_after_block must be -1 when train_mode={train_mode} "
                              "(freezing layers only applies to finetune)")
         if view_channels < 1:
             raise ValueError(f"view_channels must be >= 1, got {view_channels}")
+        self.label_classes = (tuple(int(n) for n in num_classes)
+                              if isinstance(num_classes, (tuple, list)) else (int(num_classes),))
         self.train_mode = train_mode
         self.view_channels = view_channels
         self.lineareval_while_pretraining = lineareval_while_pretraining
@@ -184,11 +208,16 @@ class Model(keras.Model):
         self._projection_head = ProjectionHead(
             proj_head_mode, proj_out_dim, num_proj_layers, ft_proj_selector,
             batch_norm_decay=batch_norm_decay, global_bn=global_bn, name="projection_head")
+        self.decoder = None
+        if train_mode == "autoencoder":
+            self.decoder = autoencoder.Decoder(
+                image_size, view_channels, width_multiplier=width_multiplier,
+                batch_norm_decay=batch_norm_decay, global_bn=global_bn)
         self.supervised_head = None
-        if train_mode == "finetune" or lineareval_while_pretraining:
+        if (train_mode == "finetune" or lineareval_while_pretraining) and sum(self.label_classes):
             self.supervised_head = SupervisedHead(
-                num_classes, input_bn=probe_batch_norm, batch_norm_decay=batch_norm_decay,
-                global_bn=global_bn)
+                sum(self.label_classes), input_bn=probe_batch_norm,
+                batch_norm_decay=batch_norm_decay, global_bn=global_bn)
 
     def call(self, inputs, training=None):
         num_views = inputs.shape[-1] // self.view_channels
@@ -196,7 +225,7 @@ class Model(keras.Model):
             raise ValueError(f"input channels must be a multiple of view_channels="
                              f"{self.view_channels}, got {inputs.shape[-1]}")
         views = ops.split(inputs, num_views, axis=-1) if num_views > 1 else [inputs]
-        clean_probe = (self.probe_view == "clean" and self.train_mode == "pretrain"
+        clean_probe = (self.probe_view == "clean" and self.train_mode != "finetune"
                        and self.supervised_head is not None and training and num_views > 1)
         if clean_probe:
             views, clean = views[:-1], views[-1]
@@ -207,6 +236,8 @@ class Model(keras.Model):
         if clean_probe:
             _, supervised_head_inputs = self._projection_head(
                 self.resnet_model(clean, training=False), training=False)
+        if self.decoder is not None:
+            projection_head_outputs = self.decoder(hiddens, training=training)
         supervised_head_outputs = None
         if self.train_mode == "finetune":
             supervised_head_outputs = self.supervised_head(supervised_head_inputs, training=training)

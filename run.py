@@ -101,8 +101,10 @@ flags.DEFINE_integer("checkpoint_steps", 0,
                      "Number of steps between checkpoints. If provided, overrides checkpoint_epochs.")
 flags.DEFINE_string("eval_split", "validation", "Split for evaluation.")
 flags.DEFINE_string("dataset", "digits",
-                    "Dataset: 'digits' (embedded), 'image_folder' (needs --data_dir) or a TFDS name "
-                    "read from --data_dir. Flags left unset take the dataset's preset: for digits "
+                    "Dataset: 'digits' (embedded), 'digits_on_photos' and 'multi_digits' (generated "
+                    "from installed packages), 'digits_on_flowers' (tf_flowers + mnist from "
+                    "--data_dir), 'image_folder' (needs --data_dir) or a TFDS name read from "
+                    "--data_dir. Flags left unset take the dataset's preset: for digits "
                     "see each flag; images up to 32 px get a CIFAR-stem ResNet-18 at batch 128, "
                     "up to 160 px a ResNet-18 at their own size; larger ones the original's "
                     "defaults (README, 'Flags that matter').")
@@ -111,7 +113,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "train_then_eval"],
                   "Whether to perform training or evaluation. eval takes the model and data flags "
                   "from --model_dir's flags.json.")
 flags.DEFINE_enum("train_mode", "pretrain", list(CHOICES["train_mode"]),
-                  "The train mode controls different objectives and trainable components.")
+                  "The train mode controls different objectives and trainable components: pretrain "
+                  "(contrastive), finetune (supervised), autoencoder (the encoder with a decoder and a "
+                  "reconstruction loss, the baseline of the feature-suppression study).")
 flags.DEFINE_bool("lineareval_while_pretraining", True,
                   "Whether to finetune supervised head while pretraining.")
 flags.DEFINE_string("checkpoint", None, "Loading from the given checkpoint (prefix or run directory) for "
@@ -170,6 +174,14 @@ flags.DEFINE_float("kcl_gamma", None, "kcl: weight γ of the uniformity term (de
 flags.DEFINE_integer("hard_num_negatives", None, "hard: negatives kept per anchor (default all).")
 flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
 flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
+flags.DEFINE_integer("num_rand_bits", 0,
+                     "RandBits (Chen & Li 2021): K channels appended to every view, the bits of a hash "
+                     "of the image into 2^K buckets, the same in both views and at evaluation "
+                     "(datasets/rand_bits.py); the encoder's input has 3 + K channels.")
+flags.DEFINE_list("digit_sizes", None,
+                  "digits_on_photos, digits_on_flowers: the pasted digit's size in pixels; "
+                  "multi_digits: the large and the small digit's sizes, e.g. 20,8 (unset: the "
+                  "dataset's own).")
 flags.DEFINE_float("crop_min_area", 0.08, "Smallest area fraction of the random resized crop.")
 flags.DEFINE_float("probe_learning_rate", 0.0,
                    "Learning rate per batch size of 256 of the online linear probe (pretrain with "
@@ -264,7 +276,7 @@ def build_trainer(cfg, source):
     """The backend's trainer with its model and optimizers built, seeded."""
     trainer = make_trainer(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    trainer.build(source.num_classes, source.num_examples(cfg.train_split))
+    trainer.build(source.label_classes, source.num_examples(cfg.train_split), source.label_names)
     return trainer
 
 

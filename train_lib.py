@@ -7,9 +7,11 @@ gradients, apply them and distribute the batch.
 
 The objective of one training step, for the rows a replica holds:
 
-    total = contrastive(z) + CE(probe or supervised head) + weight decay,
+    total = contrastive(z) + Σ_labels CE(probe or supervised head) + weight decay,
 
-each a mean over this replica's rows. Under tf.distribute each of R replicas
+each a mean over this replica's rows; with `--train_mode=autoencoder` the
+balanced reconstruction loss of the views (`autoencoder.py`) replaces the
+contrastive term. Under tf.distribute each of R replicas
 differentiates total / R and the optimizer sums the gradients, which gives
 the gradient of the global batch (the contrastive loss reaches other
 replicas' rows through `gather`); under JAX the whole global batch is one
@@ -18,27 +20,43 @@ program sharded over the devices, R = 1 and `gather` is the identity.
 import keras
 from keras import ops
 
+import autoencoder
 import config as config_lib
+import data
 import metrics
 import model as model_lib
 import objective
 
+# Train modes that learn a representation without labels and train the
+# online probe beside it.
+REPRESENTATION_MODES = ("pretrain", "autoencoder")
+
 
 def clean_probe_view(cfg):
     """Whether training examples carry the clean view for the online probe."""
-    return (cfg.probe_view == "clean" and cfg.train_mode == "pretrain"
+    return (cfg.probe_view == "clean" and cfg.train_mode in REPRESENTATION_MODES
             and cfg.lineareval_while_pretraining)
 
 
 def num_input_views(cfg):
-    """Views per training example: two augmented ones in pretraining (and the
-    probe's clean view with --probe_view=clean), one in fine-tuning."""
-    return 2 + int(clean_probe_view(cfg)) if cfg.train_mode == "pretrain" else 1
+    """Views per training example: two augmented ones in pretraining, one in
+    autoencoder training and in fine-tuning, and the probe's clean view with
+    --probe_view=clean."""
+    augmented = 2 if cfg.train_mode == "pretrain" else 1
+    return augmented + int(clean_probe_view(cfg))
 
 
-def build_model(cfg, num_classes, view_channels):
+def view_channels(cfg):
+    """Channels of one view: RGB and the --num_rand_bits planes."""
+    return data.view_channels(cfg.num_rand_bits)
+
+
+def build_model(cfg, num_classes, view_channels=None):
     """The `model.Model` of the flags, built (variables created) by tracing
-    a symbolic batch of `num_input_views(cfg)` views of `view_channels` each."""
+    a symbolic batch of `num_input_views(cfg)` views of `view_channels`
+    each (by default `view_channels(cfg)`); `num_classes` is an int or one
+    per label."""
+    view_channels = view_channels or globals()["view_channels"](cfg)
     model = model_lib.Model(
         num_classes, image_size=cfg.image_size, train_mode=cfg.train_mode,
         resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
@@ -74,7 +92,7 @@ def learning_rate_schedule(cfg, base_learning_rate, num_train_examples):
 def has_probe_optimizer(cfg, model):
     """Whether the online probe trains with its own optimizer."""
     return bool(cfg.probe_learning_rate) and model.supervised_head is not None \
-        and cfg.train_mode == "pretrain"
+        and cfg.train_mode in REPRESENTATION_MODES
 
 
 def build_optimizers(cfg, model, num_train_examples):
@@ -111,7 +129,7 @@ def split_probe(model, items, variable=lambda item: item):
 def weight_decay_loss(model, cfg):
     """The explicit weight-decay term of the flags: --weight_decay, and
     --probe_weight_decay for the online probe when set."""
-    probe_rate = cfg.probe_weight_decay if cfg.train_mode == "pretrain" else None
+    probe_rate = cfg.probe_weight_decay if cfg.train_mode in REPRESENTATION_MODES else None
     return model_lib.weight_decay_loss(model, cfg.optimizer, cfg.weight_decay,
                                        head_weight_decay=probe_rate)
 
@@ -135,12 +153,15 @@ class Objective:
             every replica; the SWD loss draws its projections and prior
             samples with it.
         num_replicas: replicas that each hold a part of the global batch.
+        label_names: with several labels, their names (the per-label logs
+            `supervised_acc/<name>`).
     """
 
     def __init__(self, model, cfg, gather=single_device_gather, normal_noise=None,
-                 num_replicas=1):
+                 num_replicas=1, label_names=None):
         self.model = model
         self.cfg = cfg
+        self.label_names = tuple(label_names or ())
         self.gather = gather
         self.normal_noise = normal_noise
         self.num_replicas = num_replicas
@@ -168,22 +189,51 @@ class Objective:
             hidden_norm=self.summary_hidden_norm)
         return loss, dict(contrast_loss=loss, contrast_acc=accuracy, contrast_entropy=entropy)
 
+    def reconstruction(self, features, reconstruction):
+        """(balanced reconstruction loss, its logs) of the decoder's output
+        [V·n, H, W, c] against the V augmented views of `features`."""
+        c = self.model.view_channels
+        views = reconstruction.shape[0] // features.shape[0]
+        targets = ops.concatenate([features[..., v * c:(v + 1) * c] for v in range(views)], 0)
+        loss = autoencoder.reconstruction_loss(targets, reconstruction, data.RGB_CHANNELS)
+        return loss, dict(reconstruction_loss=loss)
+
+    def supervised(self, labels, logits):
+        """(Σ_j mean CE of label j, logs) of the supervised head's logits
+        [V·n, Σ C_j] for `labels` [n] or [n, L], the same labels for each of
+        the V views; `supervised_acc` is the first label's top-1."""
+        num_views = logits.shape[0] // labels.shape[0]
+        columns = [labels] if len(labels.shape) == 1 else ops.unstack(labels, axis=1)
+        logs, total = {}, ops.zeros((), "float32")
+        for j, (column, label_logits) in enumerate(zip(
+                columns, model_lib.label_logits(logits, self.model.label_classes))):
+            loss, accuracy = metrics.supervised_loss_and_accuracy(
+                ops.tile(column, (num_views,)), label_logits)
+            total += loss
+            if j == 0:
+                logs["supervised_acc"] = accuracy
+            if len(columns) > 1:
+                logs[f"supervised_acc/{self.label_names[j]}"] = accuracy
+        logs["supervised_loss"] = total
+        return total, logs
+
     def __call__(self, features, labels, step):
         """(total loss, logs {name: float32 scalar}) of a training forward
         pass on this replica's `features` [n, H, W, c * views] and `labels`
-        [n]; `step` is the optimizer's iteration count."""
-        projection, logits = self.model(features, training=True)
+        [n] (or [n, L]); `step` is the optimizer's iteration count."""
+        output, logits = self.model(features, training=True)
         logs = {}
         total = ops.zeros((), "float32")
-        if projection is not None:
-            loss, contrastive_logs = self.contrastive(projection, step)
-            logs.update(contrastive_logs)
+        if output is not None:
+            if self.model.decoder is not None:
+                loss, output_logs = self.reconstruction(features, output)
+            else:
+                loss, output_logs = self.contrastive(output, step)
+            logs.update(output_logs)
             total += loss
         if logits is not None:
-            num_views = logits.shape[0] // labels.shape[0]
-            supervised_labels = ops.tile(labels, (num_views,))
-            loss, accuracy = metrics.supervised_loss_and_accuracy(supervised_labels, logits)
-            logs.update(supervised_loss=loss, supervised_acc=accuracy)
+            loss, supervised_logs = self.supervised(labels, logits)
+            logs.update(supervised_logs)
             total += loss
         decay = weight_decay_loss(self.model, self.cfg)
         logs["weight_decay"] = decay
@@ -192,13 +242,17 @@ class Objective:
         return total, logs
 
 
-def log_names(cfg, model):
+def log_names(cfg, model, label_names=None):
     """Names of the logs `Objective` returns, in a fixed order."""
     names = ["total_loss", "weight_decay"]
     if cfg.train_mode == "pretrain":
         names += ["contrast_loss", "contrast_acc", "contrast_entropy"]
+    if cfg.train_mode == "autoencoder":
+        names += ["reconstruction_loss"]
     if model.supervised_head is not None:
         names += ["supervised_loss", "supervised_acc"]
+        if len(model.label_classes) > 1:
+            names += [f"supervised_acc/{name}" for name in label_names]
     return names
 
 

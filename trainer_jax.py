@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec
 import data
 import export
 import metrics
+import model as model_lib
 import train_lib
 from config import UsageError
 
@@ -73,15 +74,16 @@ class Trainer:
                              "uses the statistics of the global batch")
         self._encoders = {}
 
-    def build(self, num_classes, num_train_examples):
+    def build(self, num_classes, num_train_examples, label_names=None):
         """Creates the model, the optimizers and the jitted step."""
         cfg = self.cfg
-        self.model = train_lib.build_model(cfg, num_classes, data.VIEW_CHANNELS)
+        self.model = train_lib.build_model(cfg, num_classes)
         self.optimizer, self.probe_optimizer = train_lib.build_optimizers(
             cfg, self.model, num_train_examples)
         self.schedule = train_lib.learning_rate_schedule(cfg, cfg.learning_rate, num_train_examples)
-        self.objective = train_lib.Objective(self.model, cfg, normal_noise=self.normal_noise)
-        self.log_names = train_lib.log_names(cfg, self.model)
+        self.objective = train_lib.Objective(self.model, cfg, normal_noise=self.normal_noise,
+                                             label_names=label_names)
+        self.log_names = train_lib.log_names(cfg, self.model, label_names)
         self._iteration = [id(v) for v in self.optimizer.variables].index(
             id(self.optimizer.iterations))
         trainable = self.model.trainable_variables
@@ -185,18 +187,22 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------
     def top_k_counts(self, source, k, max_steps=0):
-        """(top-1 hits, top-k hits, examples) of the supervised head on
-        --eval_split."""
+        """(top-1 hits [L], top-k hits [L], examples) of the supervised head
+        on --eval_split, for each of its L labels (`metrics.label_top_k`)."""
         input_fn = data.eval_input_fn(self.cfg, source)
         trainable, non_trainable, _ = self.state
-        totals = np.zeros(3)
+        classes = self.model.label_classes
+        top1, topk, count = np.zeros(len(classes)), np.zeros(len(classes)), 0
         for i, (features, labels) in enumerate(input_fn().as_numpy_iterator()):
             if max_steps and i >= max_steps:
                 break
             logits = self._logits(trainable, non_trainable, features)
-            hits = metrics.top_k_correct(labels, logits, (1, k))
-            totals += [float(hits[0]), float(hits[1]), len(labels)]
-        return tuple(totals)
+            hits = metrics.label_top_k(
+                labels, model_lib.label_logits(logits, classes), k)
+            top1 += np.asarray(hits[0])
+            topk += np.asarray(hits[1])
+            count += len(labels)
+        return top1, topk, count
 
     def embed(self, images):
         """(h, z) of the model in inference mode for one batch of views

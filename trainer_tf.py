@@ -15,6 +15,7 @@ import tensorflow as tf
 import data
 import export
 import metrics
+import model as model_lib
 import train_lib
 from config import UsageError
 
@@ -104,18 +105,18 @@ class Trainer:
             return self.cfg.model_dir
         return os.path.join(self.cfg.model_dir, f"worker_tmp_{self.strategy.cluster_resolver.task_id}")
 
-    def build(self, num_classes, num_train_examples):
+    def build(self, num_classes, num_train_examples, label_names=None):
         """Creates the model and optimizers (every variable) under the strategy."""
         cfg = self.cfg
         with self.strategy.scope():
-            self.model = train_lib.build_model(cfg, num_classes, data.VIEW_CHANNELS)
+            self.model = train_lib.build_model(cfg, num_classes)
             self.optimizer, self.probe_optimizer = train_lib.build_optimizers(
                 cfg, self.model, num_train_examples)
         self.schedule = train_lib.learning_rate_schedule(cfg, cfg.learning_rate, num_train_examples)
         self.objective = train_lib.Objective(
             self.model, cfg, gather=cross_replica_gather, normal_noise=self.normal_noise,
-            num_replicas=self.num_replicas)
-        self.log_names = train_lib.log_names(cfg, self.model)
+            num_replicas=self.num_replicas, label_names=label_names)
+        self.log_names = train_lib.log_names(cfg, self.model, label_names)
         return self
 
     @property
@@ -198,26 +199,33 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------
     def top_k_counts(self, source, k, max_steps=0):
-        """(top-1 hits, top-k hits, examples) of the supervised head on
-        --eval_split, summed over replicas."""
+        """(top-1 hits [L], top-k hits [L], examples) of the supervised head
+        on --eval_split for each of its L labels (`metrics.label_top_k`),
+        summed over replicas."""
         dataset = data.build_distributed_dataset(data.eval_input_fn(self.cfg, source),
                                                  self.strategy)
         model, strategy = self.model, self.strategy
+        classes = model.label_classes
 
         @tf.function(autograph=False)
         def eval_step(features, labels):
             def step(features, labels):
                 _, logits = model(features, training=False)
-                return metrics.top_k_correct(labels, logits, (1, k)) + (tf.shape(labels)[0],)
+                top1, topk = metrics.label_top_k(
+                    labels, model_lib.label_logits(logits, classes), k)
+                return top1, topk, tf.shape(labels)[0]
             per_replica = strategy.run(step, (features, labels))
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
 
-        totals = np.zeros(3)
+        top1, topk, count = np.zeros(len(classes)), np.zeros(len(classes)), 0
         for i, (features, labels) in enumerate(dataset):
             if max_steps and i >= max_steps:
                 break
-            totals += [float(v) for v in eval_step(features, labels)]
-        return tuple(totals)
+            hits1, hitsk, rows = eval_step(features, labels)
+            top1 += hits1.numpy()
+            topk += hitsk.numpy()
+            count += int(rows)
+        return top1, topk, count
 
     def _inference(self, model, name, fn):
         """`fn(model, images)` as a tf.function, traced once per model (and a

@@ -17,7 +17,6 @@ import pytest
 
 import checkpoint as checkpoint_lib
 import configs
-import data
 import jax_session as jax_session_lib
 import run
 import train_lib
@@ -58,7 +57,7 @@ def test_same_seed_gives_the_same_initial_weights_under_both_backends(jax_sessio
     _, run_dir = jax_session
     cfg, source = configs.resolve(mode="eval", model_dir=str(run_dir))
     keras.utils.set_random_seed(11)
-    model = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    model = train_lib.build_model(cfg, source.num_classes)
     expected = np.load(run_dir / "jax_initial_weights.npz")
     assert sorted(expected.files) == sorted(v.path for v in model.variables)
     for variable in model.variables:

@@ -20,7 +20,6 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import configs
-import data
 import export
 import train_lib
 
@@ -56,7 +55,7 @@ def exported(tmp_path_factory):
     for old in (1, 2):
         (model_dir / export.SAVED_MODEL_DIR / str(old)).mkdir(parents=True)
     cfg, source = configs.resolve(model_dir=str(model_dir), **TINY)
-    model = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    model = train_lib.build_model(cfg, source.num_classes)
     randomise(model)
     path = export.save(model, str(model_dir), STEP, keep=2)
     return model, path, model_dir
@@ -204,7 +203,7 @@ def test_a_model_built_under_mirrored_strategy_exports(mirrored_strategy, tmp_pa
     outputs are those of the model."""
     cfg, source = configs.resolve(model_dir=str(tmp_path), **TINY)
     with mirrored_strategy.scope():
-        model = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+        model = train_lib.build_model(cfg, source.num_classes)
     randomise(model, seed=4)
     loaded = tf.saved_model.load(export.save(model, str(tmp_path), 1, keep=1))
     x = images(3)

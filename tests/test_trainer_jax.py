@@ -135,6 +135,6 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
         json.dump(result, f)
     # And the initial weights of a model built after seeding.
     keras.utils.set_random_seed(11)
-    fresh = train_lib.build_model(cfg, source.num_classes, data.VIEW_CHANNELS)
+    fresh = train_lib.build_model(cfg, source.num_classes)
     np.savez(os.path.join(run_dir, "jax_initial_weights.npz"),
              **{v.path: np.asarray(v) for v in fresh.variables})

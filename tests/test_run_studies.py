@@ -1,0 +1,94 @@
+"""End-to-end runs of the feature-suppression study's modes (TensorFlow
+backend, in-process, tiny as in tests/test_run.py): the autoencoder with
+RandBits, several labels with their own probes, and unlabelled folders.
+
+What is checked against what: the probes' accuracies against logits
+computed here from the checkpoint on views built here (RGB and the bits
+decoded from `rand_bits.bucket`), the export against the checkpoint's
+encoder, the logs against the event files.
+"""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoint as checkpoint_lib
+import datasets
+from datasets import rand_bits
+from test_run import TINY
+from test_run import assert_training_metrics_finite
+from test_run import rebuild
+from test_run import read_json
+from test_run import reset_flags  # noqa: F401  (autouse fixture)
+from test_run import scalars
+from test_run import train
+from test_rand_bits import bits_numpy
+
+BITS = 3
+AUTOENCODER = dict(train_mode="autoencoder", num_rand_bits=BITS, mode="train_then_eval",
+                   keep_hub_module_max=1)
+
+
+def digit_views(split, k):
+    """(eval views [N, 8, 8, 3 + k], labels) of a digits split, built here:
+    the grey image as RGB, then the bit planes."""
+    images, labels = datasets.get_dataset("digits").as_numpy(split)
+    rgb = np.repeat(images.astype(np.float32) / 255.0, 3, axis=-1)
+    planes = np.broadcast_to(bits_numpy(images, k)[:, None, None, :], images.shape[:3] + (k,))
+    return np.concatenate([rgb, planes], axis=-1), labels
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("autoencoder") / "model"
+    return model_dir, train(model_dir, **AUTOENCODER)
+
+
+def test_autoencoder_trains_the_reconstruction_and_the_probe(autoencoder_run):
+    model_dir, result = autoencoder_run
+    assert_training_metrics_finite(model_dir, [1, 2])
+    logged = scalars(model_dir)
+    assert "train/reconstruction_loss" in logged and "train/contrast_loss" not in logged
+    saved = read_json(model_dir / "flags.json")
+    assert saved["train_mode"] == "autoencoder" and saved["num_rand_bits"] == BITS
+    # The decoder is part of the checkpoint.
+    reader = tf.train.load_checkpoint(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    assert any("decoder" in name for name in reader.get_variable_to_shape_map())
+    # The probe's accuracy is that of the checkpoint's head on views with bits.
+    _, trainer, checkpointer = rebuild(model_dir, **AUTOENCODER)
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    views, labels = digit_views("test", BITS)
+    _, logits = trainer.model(views, training=False)
+    expected = np.mean(np.argmax(np.asarray(logits), axis=1) == labels)
+    assert result["probe_top1"] == pytest.approx(expected, abs=1.5 / 500)
+    # The export takes 3 + K channels and gives the checkpoint's h.
+    loaded = tf.saved_model.load(str(model_dir / "saved_model" / "2"))
+    np.testing.assert_allclose(loaded(views, trainable=False)["final_avg_pool"].numpy(),
+                               np.asarray(trainer.model.encode(views)), rtol=1e-4, atol=1e-5)
+
+
+def test_unlabelled_folder_trains_a_representation_and_says_so(tmp_path, capsys):
+    """A flat folder of 8 px PNGs and one corrupt file: pretraining runs on
+    the 40 readable images, with one notice that the probe, kNN and the
+    baselines are off (recorded so in flags.json); the result has the
+    representation metrics and no accuracy."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        (folder / f"{i:02d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = train(tmp_path / "model", dataset="image_folder", data_dir=str(folder),
+                   mode="train_then_eval", train_batch_size=16, eval_batch_size=16)
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "unlabelled" in notes[0] and "probe" in notes[0], out
+    saved = read_json(tmp_path / "model" / "flags.json")
+    assert saved["lineareval_while_pretraining"] is False and saved["compute_baselines"] is False
+    assert saved["eval_split"] == "train"
+    assert result["global_step"] == 2
+    assert not [key for key in result if "top1" in key or "accuracy" in key], result
+    assert result["representation/h/tolerance"] is None
+    assert np.isfinite(result["representation/h/uniformity"])
