@@ -214,8 +214,8 @@ def _sizes(value):
     except ValueError:
         raise UsageError(f"--digit_sizes must be comma-separated pixel sizes such as 20,8; "
                          f"got {','.join(value)}") from None
-    if any(v <= 0 for v in sizes):
-        raise UsageError(f"--digit_sizes must be > 0; got {','.join(map(str, sizes))}")
+    if any(v < 0 for v in sizes):
+        raise UsageError(f"--digit_sizes must be >= 0; got {','.join(map(str, sizes))}")
     return sizes
 
 
@@ -232,7 +232,8 @@ def _unlabelled(values, present, source):
     if values["eval_split"] not in source.splits and "eval_split" not in present:
         # The representation metrics need held-out images; there are none.
         values["eval_split"] = values["train_split"]
-        measured = f" and the representation metrics are measured on --eval_split={values['train_split']}"
+        measured = (" and the representation metrics are measured on "
+                    f"--eval_split={values['train_split']}")
     return [f"--data_dir={values['data_dir']} holds unlabelled images: training learns a "
             f"representation only; the online probe, kNN and the baselines are off{measured}"]
 

@@ -35,7 +35,9 @@ OFFSETS = (4, 14, 24)  # int(32 * f) for f in (0.15, 0.45, 0.75)
 GREY_PHOTOS = {"brick", "camera", "coins", "grass", "gravel", "moon"}
 # Examples per split the TFDS builders write in these tests.
 TFDS_EXAMPLES = 100
-EXPECTED_PRESET = dict(digits_module.PRESET, image_size=32, train_epochs=20,
+# The digits job at the images' 32 px, narrower and shorter.
+EXPECTED_PRESET = dict(digits_module.PRESET, image_size=32, width_multiplier=0.125,
+                       train_batch_size=128, train_epochs=15, warmup_epochs=2,
                        checkpoint_epochs=5, eval_batch_size=500)
 
 
@@ -270,13 +272,31 @@ def test_digits_on_photos_digit_size_resizes_the_tiled_digit(sklearn_digits):
     (8, "--digit_sizes must be one size"),
     ("8", "--digit_sizes must be one size"),
     ((9,), "--digit_sizes"),
-    ((0,), "--digit_sizes"),
+    ((-1,), "--digit_sizes"),
     ((6.0,), "--digit_sizes must hold integers"),
 ])
 def test_digits_on_photos_rejects_bad_digit_sizes(digit_sizes, message):
     with pytest.raises(datasets.DatasetError, match=message) as info:
         datasets.get_dataset("digits_on_photos", digit_sizes=digit_sizes)
     assert "\n" not in str(info.value)
+
+
+def test_digits_on_photos_without_a_digit_is_the_same_crops_and_labels(photos_data):
+    """--digit_sizes=0, the control: the photo crops the digits were
+    drawn on, the same labels, no digit pixel."""
+    images, labels, masks = photos_data["test"]
+    plain, plain_labels, plain_masks = digits_on_photos.generate("test", digit_size=0)
+    np.testing.assert_array_equal(plain_labels, labels)
+    assert not plain_masks.any()
+    # The composite is the per-pixel max of these crops and the digit grid:
+    # never darker, brighter only inside the grid's windows.
+    assert np.all(images >= plain)
+    window = np.zeros((32, 32), bool)
+    for row in digits_on_photos.grid_offsets(32):
+        for col in digits_on_photos.grid_offsets(32):
+            window[row:row + 8, col:col + 8] = True
+    assert not np.any((images != plain).any(axis=-1) & ~window)
+    assert np.mean((images > plain).any(axis=-1)[masks]) > 0.9
 
 
 def test_digits_on_photos_generate_rejects_a_digit_off_the_grid():

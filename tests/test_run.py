@@ -133,8 +133,9 @@ def rebuild(model_dir, **flags):
     this command line (nothing restored yet)."""
     cfg, source = configs.resolve(**dict(TINY, model_dir=str(model_dir), **flags))
     keras.utils.set_random_seed(cfg.seed)
-    trainer = trainer_tf.Trainer(cfg).build(source.num_classes,
-                                            source.num_examples(cfg.train_split))
+    trainer = trainer_tf.Trainer(cfg).build(source.label_classes,
+                                            source.num_examples(cfg.train_split),
+                                            source.label_names)
     checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers,
                                                cfg.model_dir, cfg.keep_checkpoint_max)
     return cfg, trainer, checkpointer
@@ -210,6 +211,16 @@ BAD_FLAGS = {
     "checkpoint_missing": (["--train_mode=finetune", "--checkpoint={empty}/ckpt-3"],
                            ["checkpoint", "ckpt-3", "prefix"]),
     "keep_hub_module_max_negative": (["--keep_hub_module_max=-1"], ["keep_hub_module_max", "0"]),
+    "rand_bits_negative": (["--num_rand_bits=-1"], ["num_rand_bits", "0", "32"]),
+    "digit_sizes_for_digits": (["--digit_sizes=8"], ["--digit_sizes", "digits", "multi_digits"]),
+    "digit_sizes_not_numbers": (["--dataset=multi_digits", "--digit_sizes=big,small"],
+                                ["--digit_sizes", "20,8", "big"]),
+    "multi_digits_one_size": (["--dataset=multi_digits", "--digit_sizes=8"],
+                              ["--digit_sizes", "two sizes"]),
+    "loss_in_autoencoder": (["--train_mode=autoencoder", "--loss=swd"],
+                            ["--loss", "pretrain", "autoencoder"]),
+    "prior_in_finetune": (["--train_mode=finetune", "--prior=normal"],
+                          ["--prior", "pretrain", "finetune"]),
 }
 
 
@@ -804,7 +815,7 @@ def test_small_image_folder_gets_a_laptop_preset_and_writes_a_result(tmp_path):
     run.FLAGS.unparse_flags()
     run.parse_flags(["run.py", "--dataset=image_folder", f"--data_dir={tmp_path / 'images'}",
                      f"--model_dir={tmp_path / 'model'}", "--train_steps=1",
-                     "--width_multiplier=0.125"])
+                     "--width_multiplier=0.125", "--keep_hub_module_max=0"])
     run.run_main(["run.py"])
     result = read_json(tmp_path / "model" / "result.json")
     assert result["global_step"] == 1

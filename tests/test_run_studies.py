@@ -7,16 +7,14 @@ computed here from the checkpoint on views built here (RGB and the bits
 decoded from `rand_bits.bucket`), the export against the checkpoint's
 encoder, the logs against the event files.
 """
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import checkpoint as checkpoint_lib
+import data
 import datasets
-from datasets import rand_bits
-from test_run import TINY
 from test_run import assert_training_metrics_finite
 from test_run import rebuild
 from test_run import read_json
@@ -92,3 +90,31 @@ def test_unlabelled_folder_trains_a_representation_and_says_so(tmp_path, capsys)
     assert not [key for key in result if "top1" in key or "accuracy" in key], result
     assert result["representation/h/tolerance"] is None
     assert np.isfinite(result["representation/h/uniformity"])
+
+
+def test_two_labels_get_two_probes_in_the_logs_and_the_result(tmp_path):
+    """multi_digits (labels large, small) with RandBits: each label has its
+    own columns of the probe, its own accuracy in TensorBoard and in
+    result.json (probe, kNN), the plain keys being the first
+    label's; the probe accuracies are those of the checkpoint's head."""
+    flags = dict(dataset="multi_digits", num_rand_bits=2, mode="train_then_eval",
+                 eval_batch_size=250)
+    model_dir = tmp_path / "model"
+    result = train(model_dir, **flags)
+    logged = scalars(model_dir)
+    assert {"train/supervised_acc/large", "train/supervised_acc/small"} <= set(logged)
+    for key in ("probe_top1", "knn_top1"):
+        assert result[key] == result[f"{key}_large"], key
+        assert f"{key}_small" in result, key
+    assert result["eval/small_top_1_accuracy"] == result["probe_top1_small"]
+    _, trainer, checkpointer = rebuild(model_dir, **flags)
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    source = datasets.get_dataset("multi_digits")
+    images, labels = source.as_numpy("test")
+    views = tf.stack([data.eval_view_fn(8, 2)(image) for image in images]).numpy()
+    _, logits = trainer.model(views, training=False)
+    logits = np.asarray(logits)
+    assert logits.shape == (500, 20)
+    for j, name in enumerate(("large", "small")):
+        expected = np.mean(np.argmax(logits[:, 10 * j:10 * (j + 1)], axis=1) == labels[:, j])
+        assert result[f"probe_top1_{name}"] == pytest.approx(expected, abs=1.5 / 500), name

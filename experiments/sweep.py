@@ -1,0 +1,230 @@
+"""What every experiment driver shares: runs of `run.py`, resumable, their
+results read back from the runs' own files, means over seeds, and plots.
+
+A driver lists `Run`s (a name and run.py flags); `run_all` trains each one
+that has no `result.json` yet as an ordinary `python run.py` process with
+`--deterministic` and `--model_dir=OUT/runs/<name>`, so a sweep killed
+midway continues where it stopped (a run interrupted during training
+resumes from its last checkpoint: same command, same flags). `collect`
+reads every run's `result.json` into rows; `summarise` gives mean and
+standard deviation over seeds; `write_csv` and `plot_lines` write the
+tables and figures.
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_FILE = "result.json"
+# --smoke: 2-step runs of a tiny encoder, the drivers' check in the suite.
+SMOKE_FLAGS = dict(train_steps=2, checkpoint_steps=2, width_multiplier=0.125,
+                   train_batch_size=32, eval_batch_size=100, image_size=8, log_every_steps=0)
+
+
+class Run:
+    """One training run of a sweep.
+
+    Args:
+        name: its directory name under OUT/runs (unique in the sweep).
+        flags: {run.py flag: value}.
+        labels: {column: value} describing the run in the tables (setting,
+            bits, seed, ...).
+    """
+
+    def __init__(self, name, flags, labels):
+        self.name = name
+        self.flags = dict(flags)
+        self.labels = dict(labels)
+
+    def model_dir(self, out_dir):
+        return os.path.join(out_dir, "runs", self.name)
+
+    def command(self, out_dir):
+        flags = dict(self.flags, model_dir=self.model_dir(out_dir), deterministic=True)
+        flags.setdefault("mode", "train_then_eval")
+        return [sys.executable, os.path.join(ROOT, "run.py")] + [
+            f"--{name}={_flag_value(value)}" for name, value in flags.items()]
+
+
+def _flag_value(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def fail(message):
+    """One line `<driver>: error: message` on stderr, exit status 2."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_run_flags(items):
+    """{name: value} of `--run_flag name=value` items.
+
+    Raises:
+        ValueError: an item is not name=value.
+    """
+    parsed = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip("-"):
+            raise ValueError(f"--run_flag must be name=value, got {item!r}")
+        parsed[name.lstrip("-")] = value
+    return parsed
+
+
+def read_result(model_dir):
+    """The run's result.json, or None while it has none."""
+    path = os.path.join(model_dir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_all(runs, out_dir, log=print):
+    """Trains every run without a result.json, in order; returns the wall
+    seconds each run took in this call ({name: s}, 0 for runs already done).
+
+    Raises:
+        ValueError: a run's directory holds a run with other flags
+            (`check_record`), checked before anything trains.
+        RuntimeError: a run failed; the message holds its command and the
+            end of its output (also in OUT/runs/<name>.log).
+    """
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    seconds = {}
+    for spec in runs:
+        check_record(spec, out_dir)
+    for i, spec in enumerate(runs):
+        model_dir = spec.model_dir(out_dir)
+        if read_result(model_dir) is not None:
+            seconds[spec.name] = 0.0
+            continue
+        log(f"[{i + 1}/{len(runs)}] {spec.name}")
+        start = time.time()
+        with open(model_dir + ".log", "w") as out:
+            done = subprocess.run(spec.command(out_dir), cwd=ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        seconds[spec.name] = time.time() - start
+        if done.returncode != 0 or read_result(model_dir) is None:
+            with open(model_dir + ".log") as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(f"run {spec.name} failed (exit {done.returncode}): "
+                               f"{' '.join(spec.command(out_dir))}\n{tail}")
+    return seconds
+
+
+def _same(a, b):
+    """Whether two flag values agree, numbers compared as numbers."""
+    a, b = _flag_value(a), _flag_value(b)
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def check_record(spec, out_dir):
+    """Raises ValueError when the run's directory holds a run (its
+    flags.json) trained with other values of the flags `spec` sets: its
+    results would be read as this sweep's."""
+    path = os.path.join(spec.model_dir(out_dir), "flags.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        record = json.load(f)
+    for name, value in spec.flags.items():
+        if name in record and not _same(record[name], value):
+            raise ValueError(
+                f"{spec.model_dir(out_dir)} holds a run trained with --{name}="
+                f"{_flag_value(record[name])}, this sweep asks --{name}={_flag_value(value)}: "
+                f"use another --out_dir, or delete that run to train it again")
+
+
+def collect(runs, out_dir, keys):
+    """Rows {labels..., key: value} of the runs' result.json files, one per
+    run, for the result keys `keys` (None where a result lacks one)."""
+    rows = []
+    for spec in runs:
+        result = read_result(spec.model_dir(out_dir)) or {}
+        rows.append(dict(spec.labels, **{key: result.get(key) for key in keys}))
+    return rows
+
+
+def summarise(rows, group_by, keys):
+    """Rows of mean and standard deviation (ddof = 1; 0 for one seed) of
+    `keys` over the rows that share the values of `group_by`, in the order
+    groups first appear, with `n` the number of rows in the group."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[name] for name in group_by), []).append(row)
+    summary = []
+    for values, members in groups.items():
+        out = dict(zip(group_by, values), n=len(members))
+        for key in keys:
+            numbers = np.array([m[key] for m in members if m[key] is not None], np.float64)
+            out[f"{key}_mean"] = float(numbers.mean()) if len(numbers) else math.nan
+            out[f"{key}_std"] = float(numbers.std(ddof=1)) if len(numbers) > 1 else 0.0
+        summary.append(out)
+    return summary
+
+
+def write_csv(rows, path):
+    """Writes `rows` (dicts with the same keys) as CSV."""
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_lines(summary, x, y, line, path, title="", xlabel=None, ylabel=None,
+               panels=None, chance=None):
+    """A PNG of `y`_mean ± `y`_std against `x`, one line per value of
+    `line`, one panel per value of `panels` (if given); a dotted line at
+    `chance`. Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panel_values = list(dict.fromkeys(r[panels] for r in summary)) if panels else [None]
+    fig = Figure(figsize=(4.5 * len(panel_values), 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, panel in enumerate(panel_values):
+        ax = fig.add_subplot(1, len(panel_values), k + 1)
+        members = [r for r in summary if panels is None or r[panels] == panel]
+        for value in dict.fromkeys(r[line] for r in members):
+            points = sorted((r[x], r[f"{y}_mean"], r[f"{y}_std"])
+                            for r in members if r[line] == value)
+            xs, means, stds = (np.array(p, np.float64) for p in zip(*points))
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=str(value))
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        ax.set_title(f"{title} {panels}={panel}".strip() if panels else title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def markdown_table(summary, columns, keys, digits=3):
+    """A Markdown table of `columns` and `key` mean ± std for each key."""
+    head = "| " + " | ".join(columns + list(keys)) + " |"
+    rule = "|" + "---|" * (len(columns) + len(keys))
+    lines = [head, rule]
+    for r in summary:
+        cells = [str(r[c]) for c in columns] + [
+            f"{r[f'{k}_mean']:.{digits}f} ± {r[f'{k}_std']:.{digits}f}" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

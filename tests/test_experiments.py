@@ -1,0 +1,112 @@
+"""The experiment drivers (`experiments/`): their --smoke sweeps end to end
+as a user runs them (fresh processes), resumability, and the tables they
+derive, against the runs' own result.json files and numpy."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import sweep  # noqa: E402
+
+pytestmark = pytest.mark.processes
+
+
+def driver(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", f"{name}.py"),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def result_of(out_dir, name):
+    with open(os.path.join(out_dir, "runs", name, "result.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name,expected_runs,outputs", [
+    ("feature_suppression", {"randbits_ntxent_t0.2_bits2_seed0": "probe_top1",
+                             "randbits_autoencoder_bits2_seed0": "probe_top1"},
+     ["randbits.csv", "randbits_summary.csv", "randbits.png", "randbits.md"]),
+    ("temperature_sweep", {"decoupled_lambda1.0_seed0": "representation/h/uniformity"},
+     ["temperature_sweep.csv", "uniformity_tolerance.png", "tau_lambda.png"]),
+])
+def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, expected_runs,
+                                                             outputs):
+    out_dir = str(tmp_path / "out")
+    done = driver(name, "--smoke", f"--out_dir={out_dir}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for output in outputs:
+        assert os.path.getsize(os.path.join(out_dir, output)) > 0, output
+    rows = read_csv(os.path.join(out_dir, outputs[0]))
+    assert len(rows) == len(expected_runs)
+    # Each row holds what its run's result.json says.
+    for row, (run_name, key) in zip(rows, expected_runs.items()):
+        assert float(row[key]) == pytest.approx(result_of(out_dir, run_name)[key], rel=1e-12)
+    # The runs trained with --deterministic.
+    with open(os.path.join(out_dir, "runs", next(iter(expected_runs)), "flags.json")) as f:
+        assert json.load(f)["deterministic"] is True
+    # A second call trains nothing: the results stay as they were.
+    stamps = {n: os.path.getmtime(os.path.join(out_dir, "runs", n, "result.json"))
+              for n in expected_runs}
+    again = driver(name, "--smoke", f"--out_dir={out_dir}")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[1/" not in again.stdout
+    assert stamps == {n: os.path.getmtime(os.path.join(out_dir, "runs", n, "result.json"))
+                      for n in expected_runs}
+    # The same directory with another run flag: refused before anything trains.
+    other = driver(name, "--smoke", f"--out_dir={out_dir}", "--run_flag=train_steps=3")
+    lines = [line for line in other.stderr.splitlines() if line.strip()]
+    assert other.returncode == 2 and len(lines) == 1, other.stderr
+    assert "--train_steps=2" in lines[0] and "--train_steps=3" in lines[0], lines[0]
+
+
+def test_bad_driver_flags_are_one_line_and_exit_status_2(tmp_path):
+    for args, words in ((["--study=nope"], ["--study", "randbits", "nope"]),
+                        (["--run_flag=seed"], ["--run_flag", "name=value"])):
+        done = driver("feature_suppression", f"--out_dir={tmp_path}", *args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert all(word in lines[0] for word in words), lines[0]
+
+
+def test_summarise_gives_mean_and_sample_std_per_group():
+    rows = [dict(setting=s, bits=b, seed=k, acc=a) for s, b, k, a in [
+        ("c", 0, 0, 0.9), ("c", 0, 1, 0.8), ("c", 0, 2, 0.6),
+        ("c", 5, 0, 0.5), ("a", 0, 0, 0.7), ("a", 0, 1, None)]]
+    summary = sweep.summarise(rows, ["setting", "bits"], ["acc"])
+    assert [(r["setting"], r["bits"], r["n"]) for r in summary] == [
+        ("c", 0, 3), ("c", 5, 1), ("a", 0, 2)]
+    assert summary[0]["acc_mean"] == pytest.approx(np.mean([0.9, 0.8, 0.6]))
+    assert summary[0]["acc_std"] == pytest.approx(np.std([0.9, 0.8, 0.6], ddof=1))
+    assert summary[1]["acc_std"] == 0.0
+    # A run without the key (None) is left out of the mean.
+    assert summary[2]["acc_mean"] == pytest.approx(0.7)
+
+
+def test_run_commands_hold_the_flags_and_a_deterministic_model_dir(tmp_path):
+    spec = sweep.Run("r", dict(num_rand_bits=5, digit_sizes=[20, 8], plot=False), {})
+    command = spec.command(str(tmp_path))
+    assert command[1] == os.path.join(ROOT, "run.py")
+    assert set(command[2:]) == {"--num_rand_bits=5", "--digit_sizes=20,8", "--plot=false",
+                                f"--model_dir={tmp_path / 'runs' / 'r'}",
+                                "--deterministic=true", "--mode=train_then_eval"}
+
+
+def test_a_run_trained_with_other_flags_is_not_taken_as_the_sweeps(tmp_path):
+    spec = sweep.Run("r", dict(num_rand_bits=10, temperature=0.2, train_epochs="40"), {})
+    os.makedirs(spec.model_dir(str(tmp_path)))
+    with open(os.path.join(spec.model_dir(str(tmp_path)), "flags.json"), "w") as f:
+        json.dump(dict(num_rand_bits=10, temperature=0.2, train_epochs=40, seed=3), f)
+    sweep.check_record(spec, str(tmp_path))  # the same values, as numbers or strings
+    other = sweep.Run("r", dict(num_rand_bits=5), {})
+    with pytest.raises(ValueError, match="--num_rand_bits=10.*--num_rand_bits=5"):
+        sweep.check_record(other, str(tmp_path))
