@@ -15,6 +15,8 @@ import tensorflow_datasets as tfds
 
 import datasets
 from datasets import digits_on_flowers as dof
+from test_data import _collect
+from test_data import _context
 
 # Flowers of varying sizes, smaller and larger than 224 on either side.
 FLOWER_SHAPES = [(40, 60), (50, 50), (30, 70), (64, 48), (33, 41), (45, 45),
@@ -198,20 +200,6 @@ def _mnist(data_dir, size=28):
 def _pairs(images, labels):
     return collections.Counter((image.tobytes(), tuple(label))
                                for image, label in zip(images, labels))
-
-
-def _collect(dataset):
-    images, labels = [], []
-    for image_batch, label_batch in dataset:
-        images.append(image_batch.numpy())
-        labels.append(label_batch.numpy())
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def _context(pipeline_id):
-    return tf.distribute.InputContext(num_input_pipelines=2,
-                                      input_pipeline_id=pipeline_id,
-                                      num_replicas_in_sync=2)
 
 
 def test_metadata_and_preset(source):
