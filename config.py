@@ -209,6 +209,8 @@ def _sizes(value):
     """--digit_sizes as a list of ints (None when unset)."""
     if value is None or isinstance(value, list) and all(isinstance(v, int) for v in value):
         return value
+    if isinstance(value, str):  # as on a command line
+        value = value.split(",")
     try:
         sizes = [int(v) for v in value]
     except ValueError:

@@ -103,7 +103,8 @@ def heldout_batch(cfg, source):
     batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples);
     kept for the other commands of the process with the same HELDOUT_FLAGS
     (training, then evaluation)."""
-    key = tuple(getattr(cfg, name) for name in HELDOUT_FLAGS)
+    # (--digit_sizes is a list.)
+    key = tuple(str(getattr(cfg, name)) for name in HELDOUT_FLAGS)
     if key not in _heldout_batches:
         size = min(HELDOUT_SIZE, source.num_examples(cfg.eval_split))
         images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))

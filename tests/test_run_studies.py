@@ -97,8 +97,8 @@ def test_two_labels_get_two_probes_in_the_logs_and_the_result(tmp_path):
     own columns of the probe, its own accuracy in TensorBoard and in
     result.json (probe, kNN), the plain keys being the first
     label's; the probe accuracies are those of the checkpoint's head."""
-    flags = dict(dataset="multi_digits", num_rand_bits=2, mode="train_then_eval",
-                 eval_batch_size=250)
+    flags = dict(dataset="multi_digits", digit_sizes="16,8", num_rand_bits=2,
+                 mode="train_then_eval", eval_batch_size=250)
     model_dir = tmp_path / "model"
     result = train(model_dir, **flags)
     logged = scalars(model_dir)
@@ -109,7 +109,7 @@ def test_two_labels_get_two_probes_in_the_logs_and_the_result(tmp_path):
     assert result["eval/small_top_1_accuracy"] == result["probe_top1_small"]
     _, trainer, checkpointer = rebuild(model_dir, **flags)
     checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
-    source = datasets.get_dataset("multi_digits")
+    source = datasets.get_dataset("multi_digits", digit_sizes=(16, 8))
     images, labels = source.as_numpy("test")
     views = tf.stack([data.eval_view_fn(8, 2)(image) for image in images]).numpy()
     _, logits = trainer.model(views, training=False)
