@@ -38,14 +38,18 @@ def top_k_correct(labels, logits, ks=(1, 5)):
     return tuple(ops.sum(ops.cast(ops.in_top_k(labels, logits, k), "float32")) for k in ks)
 
 
+def label_columns(labels):
+    """The L label columns [n] of `labels` [n] (L = 1) or [n, L]."""
+    return [labels] if len(labels.shape) == 1 else ops.unstack(labels, axis=1)
+
+
 def label_top_k(labels, logits, k=5):
     """(top-1 hits [L], top-k' hits [L]) of L labels: `labels` [n] (L = 1)
     or [n, L], `logits` a list of L arrays [n, C_j] (`model.label_logits`);
     for each label j, the rows whose label is the arg-max of its logits,
     and the rows whose label is among their k' = min(k, C_j) largest."""
-    columns = [labels] if len(labels.shape) == 1 else ops.unstack(labels, axis=1)
     top1, topk = [], []
-    for column, part in zip(columns, logits):
+    for column, part in zip(label_columns(labels), logits):
         hits = top_k_correct(column, part, (1, min(k, int(part.shape[-1]))))
         top1.append(hits[0])
         topk.append(hits[1])

@@ -56,7 +56,8 @@ def build_model(cfg, num_classes, view_channels=None):
     a symbolic batch of `num_input_views(cfg)` views of `view_channels`
     each (by default `view_channels(cfg)`); `num_classes` is an int or one
     per label."""
-    view_channels = view_channels or globals()["view_channels"](cfg)
+    if view_channels is None:
+        view_channels = data.view_channels(cfg.num_rand_bits)
     model = model_lib.Model(
         num_classes, image_size=cfg.image_size, train_mode=cfg.train_mode,
         resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
@@ -203,7 +204,7 @@ class Objective:
         [V·n, Σ C_j] for `labels` [n] or [n, L], the same labels for each of
         the V views; `supervised_acc` is the first label's top-1."""
         num_views = logits.shape[0] // labels.shape[0]
-        columns = [labels] if len(labels.shape) == 1 else ops.unstack(labels, axis=1)
+        columns = metrics.label_columns(labels)
         logs, total = {}, ops.zeros((), "float32")
         for j, (column, label_logits) in enumerate(zip(
                 columns, model_lib.label_logits(logits, self.model.label_classes))):

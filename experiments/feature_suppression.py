@@ -77,6 +77,11 @@ KEYS = {
 }
 
 
+# The plot title and x-axis label of the studies with two probes.
+TWO_PROBE_PLOTS = {"digits_on_photos": ("Digits on photos", "digit size (0: no digit)"),
+                   "multi_digits": ("MultiDigits", "large digit size (px)")}
+
+
 def settings(temperatures, autoencoder):
     """[(setting name, run.py flags)]: NT-Xent at each temperature, then the
     autoencoder."""
@@ -117,10 +122,7 @@ def run_study(study, out_dir, runs, column, log=print):
     """Trains the runs, then writes the study's CSVs, plot and table;
     returns the summary rows."""
     start = time.time()
-    try:
-        seconds = sweep.run_all(runs, out_dir, log=log)
-    except ValueError as e:
-        sweep.fail(e)
+    seconds = sweep.train_or_fail(runs, out_dir, log=log)
     keys = KEYS[study]
     rows = sweep.collect(runs, out_dir, keys)
     for row, spec in zip(rows, runs):
@@ -128,22 +130,17 @@ def run_study(study, out_dir, runs, column, log=print):
     sweep.write_csv(rows, os.path.join(out_dir, f"{study}.csv"))
     summary = sweep.summarise(rows, ["setting", column], keys)
     sweep.write_csv(summary, os.path.join(out_dir, f"{study}_summary.csv"))
-    probes = [k for k in keys if k.startswith("probe")]
+    path = os.path.join(out_dir, f"{study}.png")
     if study == "randbits":
-        sweep.plot_lines(summary, column, "probe_top1", "setting",
-                         os.path.join(out_dir, f"{study}.png"), title="RandBits",
+        sweep.plot_lines(summary, column, "probe_top1", "setting", path, title="RandBits",
                          xlabel="random bits", ylabel="linear probe top-1", chance=0.1)
-    elif study == "multi_digits":
-        long = [dict(r, probe=key.replace("probe_top1_", ""), top1_mean=r[f"{key}_mean"],
-                     top1_std=r[f"{key}_std"]) for r in summary for key in probes]
-        sweep.plot_lines(long, column, "top1", "setting", os.path.join(out_dir, f"{study}.png"),
-                         title="MultiDigits", xlabel="large digit size (px)",
-                         ylabel="linear probe top-1", panels="probe", chance=0.1)
     else:
+        # Two probes: one row per (setting, swept value, probe), a panel per probe.
         long = [dict(r, probe=key.replace("probe_top1_", ""), top1_mean=r[f"{key}_mean"],
-                     top1_std=r[f"{key}_std"]) for r in summary for key in probes]
-        sweep.plot_lines(long, column, "top1", "setting", os.path.join(out_dir, f"{study}.png"),
-                         title="Digits on photos", xlabel="digit size (0: no digit)",
+                     top1_std=r[f"{key}_std"])
+                for r in summary for key in keys if key.startswith("probe")]
+        title, xlabel = TWO_PROBE_PLOTS[study]
+        sweep.plot_lines(long, column, "top1", "setting", path, title=title, xlabel=xlabel,
                          ylabel="linear probe top-1", panels="probe", chance=0.1)
     table = sweep.markdown_table(summary, ["setting", column, "n"], keys)
     with open(os.path.join(out_dir, f"{study}.md"), "w") as f:
@@ -153,15 +150,10 @@ def run_study(study, out_dir, runs, column, log=print):
 
 
 def main(argv):
-    if len(argv) > 1:
-        sweep.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
+    extra = sweep.driver_start(argv, FLAGS.run_flag)
     unknown = set(FLAGS.study) - set(STUDIES)
     if unknown:
         sweep.fail(f"--study must be among {', '.join(STUDIES)}; got {', '.join(sorted(unknown))}")
-    try:
-        extra = sweep.parse_run_flags(FLAGS.run_flag)
-    except ValueError as e:
-        sweep.fail(e)
     seeds, bits, temperatures = FLAGS.seeds, FLAGS.bits, FLAGS.temperatures
     large_sizes, studies = FLAGS.large_sizes, FLAGS.study
     if FLAGS.smoke:

@@ -66,6 +66,26 @@ def fail(message):
     sys.exit(2)
 
 
+def driver_start(argv, run_flag_items):
+    """What every driver's `main` checks first: no positional arguments, and
+    its --run_flag items as {name: value}; a mistake is one line, exit 2."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
+    try:
+        return parse_run_flags(run_flag_items)
+    except ValueError as e:
+        fail(e)
+
+
+def train_or_fail(runs, out_dir, log=print):
+    """`run_all`, with a run directory trained with other flags reported in
+    one line, exit 2."""
+    try:
+        return run_all(runs, out_dir, log=log)
+    except ValueError as e:
+        fail(e)
+
+
 def parse_run_flags(items):
     """{name: value} of `--run_flag name=value` items.
 

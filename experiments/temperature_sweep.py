@@ -111,12 +111,7 @@ def _plot_tradeoff(summary, path):
 
 
 def main(argv):
-    if len(argv) > 1:
-        sweep.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
-    try:
-        extra = sweep.parse_run_flags(FLAGS.run_flag)
-    except ValueError as e:
-        sweep.fail(e)
+    extra = sweep.driver_start(argv, FLAGS.run_flag)
     seeds, temperatures, lambdas = FLAGS.seeds, FLAGS.temperatures, FLAGS.lambdas
     lambda_losses = FLAGS.lambda_losses
     if FLAGS.smoke:
@@ -126,10 +121,7 @@ def main(argv):
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     runs = sweep_runs(seeds, temperatures, lambdas, lambda_losses, FLAGS.dataset,
                       FLAGS.data_dir, extra)
-    try:
-        seconds = sweep.run_all(runs, FLAGS.out_dir)
-    except ValueError as e:
-        sweep.fail(e)
+    seconds = sweep.train_or_fail(runs, FLAGS.out_dir)
     _, table = write_outputs(runs, FLAGS.out_dir, seconds)
     print(table)
 
