@@ -176,8 +176,8 @@ def test_sk_changes_the_parameters_as_computed_by_hand():
     deep(34, dict(width_multiplier=0.3), 33,
          (17, 9), (9, 5, 3, 2), (19, 19, 38, 77, 154)),
     # SK: deep stem of 3x3 convs (64w channels at initial_conv).
-    (50, dict(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25), 33,
-     (17, 9), (9, 5, 3, 2), (8, 32, 64, 128, 256)),
+    deep(50, dict(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25), 33,
+         (17, 9), (9, 5, 3, 2), (8, 32, 64, 128, 256)),
     (18, dict(width_multiplier=0.125, cifar_stem=True, sk_ratio=0.0625,
               se_ratio=0.25), 15,
      (15, 15), (15, 8, 4, 2), (8, 8, 16, 32, 64)),
@@ -410,7 +410,7 @@ def test_fresh_resnet18_reads_every_pixel_only_with_resnet_d_shortcuts(sk_ratio,
 
 @pytest.mark.parametrize("depth, kwargs", [
     (18, dict(width_multiplier=0.125)),
-    (50, dict(width_multiplier=0.0625, sk_ratio=0.0625, se_ratio=0.25)),
+    deep(50, dict(width_multiplier=0.0625, sk_ratio=0.0625, se_ratio=0.25)),
 ])
 @pytest.mark.parametrize("training", [False, True])
 def test_fresh_blocks_output_relu_of_shortcut(depth, kwargs, training):

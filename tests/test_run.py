@@ -323,12 +323,18 @@ FULL_RUN = dict(mode="train_then_eval", train_steps=FULL_RUN_STEPS, checkpoint_s
 # runs in one worker, so the run is trained once rather than once per worker.
 SHARES_FULL_RUN = pytest.mark.xdist_group("test_run_full_run")
 SHARES_PRETRAINED = pytest.mark.xdist_group("test_run_pretrained")
+FULL_RUN_LOSS_CALLS = []
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
+    """(model_dir, result) of a bare digits run (shortened); the calls of
+    its loss (`Recorder`) go to FULL_RUN_LOSS_CALLS."""
     model_dir = tmp_path_factory.mktemp("full_run") / "model"
-    result = train(model_dir, **FULL_RUN)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        recorder = Recorder(monkeypatch)
+        result = train(model_dir, **FULL_RUN)
+    FULL_RUN_LOSS_CALLS[:] = recorder.calls
     return model_dir, result
 
 
@@ -483,26 +489,32 @@ def test_eval_mode_takes_the_record_and_keeps_it(full_run, capfd):
 # ---------------------------------------------------------------------------
 # 3. What reaches the loss.
 # ---------------------------------------------------------------------------
-def test_preset_temperature_reaches_the_loss(tmp_path, monkeypatch):
+@SHARES_FULL_RUN
+def test_preset_temperature_reaches_the_loss(full_run, tmp_path):
     """A bare digits run trains NT-Xent at the preset's τ (not the loss's own
     default), with the parameters passing --temperature explicitly gives."""
-    recorder = Recorder(monkeypatch)
     preset = datasets.get_dataset("digits").preset()["temperature"]
     assert preset != objective.LOSS_PARAMS["ntxent"]["temperature"]
-    train(tmp_path / "bare", mode="train", train_steps=1)
-    [call] = recorder.calls
-    assert call["temperature"] == preset
+    assert full_run and FULL_RUN_LOSS_CALLS
+    [call] = {json.dumps(c, sort_keys=True) for c in FULL_RUN_LOSS_CALLS}
+    call = json.loads(call)
+    assert call["name"] == "ntxent" and call["temperature"] == preset
     explicit, _ = configs.resolve(**dict(TINY, temperature=preset, model_dir=str(tmp_path / "x")))
     assert {k: call[k] for k in explicit.loss_params} == explicit.loss_params
 
 
+# Each variant is a loss with its flags, a head and an optimizer other than
+# the bare run's (ntxent, nonlinear head, the preset's adam).
 @pytest.mark.parametrize("flags,expected", [
-    (dict(loss="swd", prior="uniform_hypercube", lambda_weight=0.5),
+    (dict(loss="swd", prior="uniform_hypercube", lambda_weight=0.5, proj_head_mode="none",
+          optimizer="adam"),
      dict(prior="uniform_hypercube", lambda_weight=0.5, hidden_norm=False, scale=1.0)),
-    (dict(loss="kcl", kcl_kernel="log", kcl_t=1.5),
+    (dict(loss="kcl", kcl_kernel="log", kcl_t=1.5, proj_head_mode="linear",
+          optimizer="momentum"),
      dict(kernel="log", t=1.5, gamma=16.0)),
-], ids=["swd-uniform_hypercube", "kcl-log"])
-def test_loss_flags_reach_the_loss_and_the_record(tmp_path, monkeypatch, flags, expected):
+], ids=["swd-uniform_hypercube-proj_none-adam", "kcl-log-proj_linear-momentum"])
+def test_variants_train_and_their_loss_flags_reach_the_loss_and_the_record(
+        tmp_path, monkeypatch, flags, expected):
     recorder = Recorder(monkeypatch)
     train(tmp_path / "model", mode="train", **flags)
     assert ckpt_numbers(tmp_path / "model") == [1, 2]
@@ -521,18 +533,6 @@ def test_simple_loss_records_the_lambda_it_used(tmp_path):
     cfg, _ = configs.resolve(**dict(TINY, loss="simple", model_dir=str(tmp_path)))
     batch = TINY["train_batch_size"]
     assert cfg.lambda_weight == cfg.loss_params["lambda_weight"] == 1.0 / (2 * batch - 2)
-
-
-@pytest.mark.parametrize("flags", [
-    dict(proj_head_mode="linear", optimizer="momentum"),
-    dict(proj_head_mode="none", optimizer="adam"),
-], ids=["proj_linear-momentum", "proj_none-adam"])
-def test_variant_trains(tmp_path, flags):
-    train(tmp_path / "model", mode="train", **flags)
-    assert ckpt_numbers(tmp_path / "model") == [1, 2]
-    assert_training_metrics_finite(tmp_path / "model", [1, 2])
-    saved_flags = read_json(tmp_path / "model" / "flags.json")
-    assert all(saved_flags[k] == v for k, v in flags.items())
 
 
 # ---------------------------------------------------------------------------
@@ -754,19 +754,6 @@ def test_riesz_kernel_takes_a_negative_exponent(tmp_path):
 def test_finetune_without_checkpoint_says_it_starts_from_random_weights(tmp_path):
     cfg, _ = configs.resolve(**dict(FINETUNE, model_dir=str(tmp_path)))
     assert any("random weights" in line for line in cfg.notices), cfg.notices
-
-
-def test_eval_without_supervised_head(tmp_path):
-    flags = dict(lineareval_while_pretraining=False)
-    model_dir = tmp_path / "model"
-    assert train(model_dir, mode="train", **flags) is None
-    result = train(model_dir, mode="eval", keep_hub_module_max=1, **flags)
-    assert result["global_step"] == 2
-    assert "probe_top1" not in result and "eval/label_top_1_accuracy" not in result
-    # The eval exports, and the SavedModel has every output but logits_sup.
-    loaded = tf.saved_model.load(str(model_dir / "saved_model" / "2"))
-    outputs = loaded(np.zeros((2, 8, 8, 3), np.float32), trainable=False)
-    assert sorted(outputs) == sorted(set(export.OUTPUT_NAMES) - {"logits_sup"})
 
 
 # ---------------------------------------------------------------------------
