@@ -34,13 +34,60 @@ def get_strategy(cfg):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    cluster = tf_config_cluster(os.environ.get("TF_CONFIG"))
     if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, '
+                  '"task": {"type": "worker", "index": i}}')
+
+
+def tf_config_cluster(text):
+    """The cluster {task type: ["host:port", ...]} of a TF_CONFIG value ({}
+    when unset or without a cluster), checked as MultiWorkerMirroredStrategy
+    reads it: JSON, each task type a list of host:port addresses, and a task
+    whose type is in the cluster and whose index is inside its list.
+
+    Raises:
+        UsageError: one line naming what is wrong and the expected form.
+    """
+    if not text:
+        return {}
+
+    def bad(what):
+        return UsageError(f"TF_CONFIG {what}; expected {TF_CONFIG_FORM}")
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"is not JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise bad(f"is a JSON {type(value).__name__}, not an object")
+    cluster = value.get("cluster") or {}
+    if not isinstance(cluster, dict):
+        raise bad('has a "cluster" that is not an object')
+    for name, tasks in cluster.items():
+        if not (isinstance(tasks, list) and tasks and all(
+                isinstance(t, str) and t.rpartition(":")[2].isdigit() for t in tasks)):
+            raise bad(f'has cluster "{name}": {json.dumps(tasks)}, not a list of host:port')
+    if not cluster:
+        return {}
+    task = value.get("task")
+    if not isinstance(task, dict) or "type" not in task:
+        raise bad('has a cluster but no "task" with a "type" and an "index"')
+    kind, index = task["type"], task.get("index", 0)
+    if kind not in cluster:
+        raise bad(f'task type "{kind}" is not in its cluster ({", ".join(sorted(cluster))})')
+    if not isinstance(index, int) or isinstance(index, bool) or not \
+            0 <= index < len(cluster[kind]):
+        raise bad(f'task index {json.dumps(index)} is outside its cluster\'s '
+                  f'{len(cluster[kind])} "{kind}" task(s)')
+    return cluster
 
 
 def is_chief(strategy):

@@ -301,3 +301,44 @@ def test_multi_worker_matches_one_process(tmp_path):
         assert result["replicas"] == 2
         np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-4)
         np.testing.assert_allclose(result["weight_norm"], reference["weight_norm"], rtol=1e-4)
+
+
+# A malformed TF_CONFIG: one line naming what is wrong, before anything is
+# written (the original's json.loads raised a traceback, and a task outside
+# its cluster trained silently as one process).
+BAD_TF_CONFIGS = {
+    "not_json": ("not json", ["TF_CONFIG is not JSON", "character 0"]),
+    "not_an_object": ("[1, 2]", ["JSON list, not an object"]),
+    "tasks_not_a_list": ('{"cluster": {"worker": "h:1"}}', ['"worker"', "host:port"]),
+    "address_without_port": ('{"cluster": {"worker": ["h"]}}', ['"worker"', "host:port"]),
+    "no_task": ('{"cluster": {"worker": ["h:1", "h:2"]}}', ['no "task"']),
+    "type_not_in_cluster": ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "chief"}}',
+                            ['"chief" is not in its cluster (worker)']),
+    "index_outside": ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 3}}',
+                      ["task index 3", '1 "worker" task(s)']),
+    "index_not_int": ('{"cluster": {"worker": ["h:1", "h:2"]}, '
+                      '"task": {"type": "worker", "index": "1"}}', ['task index "1"']),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TF_CONFIGS))
+def test_malformed_tf_config_is_one_line_and_exit_status_2(case, tmp_path, monkeypatch,
+                                                          capfd):
+    from test_run import assert_one_line_error, command_line, run_expecting_exit
+    value, words = BAD_TF_CONFIGS[case]
+    monkeypatch.setenv("TF_CONFIG", value)
+    model_dir = tmp_path / "model"
+    err = run_expecting_exit(command_line(model_dir), capfd)
+    assert_one_line_error(err, ["TF_CONFIG", "expected", '"cluster"'] + words)
+    assert not model_dir.exists()
+
+
+def test_well_formed_tf_configs_give_their_cluster():
+    assert trainer_tf.tf_config_cluster(None) == trainer_tf.tf_config_cluster("{}") == {}
+    two = {"worker": ["localhost:1", "localhost:2"]}
+    for index in (0, 1):
+        value = json.dumps({"cluster": two, "task": {"type": "worker", "index": index}})
+        assert trainer_tf.tf_config_cluster(value) == two
+    chief = {"chief": ["h:1"], "worker": ["h:2"]}
+    value = json.dumps({"cluster": chief, "task": {"type": "chief", "index": 0}})
+    assert trainer_tf.tf_config_cluster(value) == chief
