@@ -29,11 +29,7 @@ def get_strategy(cfg):
     OneDeviceStrategy on the single GPU or the CPU otherwise.
     """
     if cfg.use_tpu or cfg.tpu_name or cfg.master:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        return tpu_strategy(cfg)
     cluster = tf_config_cluster(os.environ.get("TF_CONFIG"))
     if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -41,6 +37,31 @@ def get_strategy(cfg):
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def tpu_strategy(cfg):
+    """TPUStrategy on the TPU of --tpu_name (or --master; the local one of a
+    TPU VM with neither).
+
+    Raises:
+        UsageError: the TPU cannot be found or reached: one line naming it
+            and the cause, instead of the resolver's traceback.
+    """
+    name = cfg.tpu_name or cfg.master
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=name, zone=cfg.tpu_zone, project=cfg.gcp_project)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
+        what = (f"the TPU {name!r}" if name else
+                "a local TPU (--use_tpu without --tpu_name or --master)")
+        cause = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"cannot reach {what}: {type(e).__name__}: {cause}; pass --tpu_name (with "
+            "--tpu_zone and --gcp_project outside its project) or --master=grpc://host:port, "
+            "or run --use_tpu on a TPU VM") from None
+    return tf.distribute.TPUStrategy(resolver)
 
 
 TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, '

@@ -342,3 +342,36 @@ def test_well_formed_tf_configs_give_their_cluster():
     chief = {"chief": ["h:1"], "worker": ["h:2"]}
     value = json.dumps({"cluster": chief, "task": {"type": "chief", "index": 0}})
     assert trainer_tf.tf_config_cluster(value) == chief
+
+
+# A TPU that cannot be reached: one line naming it and the cause. The
+# resolver is replaced by one failing as the real one does offline (no TPU,
+# no network in tests): with a name, a URLError from the Cloud TPU API;
+# --use_tpu outside a TPU VM, a ValueError.
+TPU_FAILURES = {
+    "unknown_name": (["--tpu_name=no-such-tpu"],
+                     lambda: __import__("urllib.error").error.URLError(
+                         "<urlopen error [Errno -2] Name or service not known>"),
+                     ["'no-such-tpu'", "URLError", "Name or service not known"]),
+    "use_tpu_outside_a_tpu_vm": (["--use_tpu"],
+                                 lambda: ValueError("Please provide a TPU Name to connect to."),
+                                 ["a local TPU (--use_tpu", "ValueError",
+                                  "Please provide a TPU Name"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TPU_FAILURES))
+def test_unreachable_tpu_is_one_line_and_exit_status_2(case, tmp_path, monkeypatch, capfd):
+    from test_run import assert_one_line_error, command_line, run_expecting_exit
+    args, error, words = TPU_FAILURES[case]
+    calls = []
+
+    def resolver(**kwargs):
+        calls.append(kwargs)
+        raise error()
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver)
+    model_dir = tmp_path / "model"
+    err = run_expecting_exit(command_line(model_dir) + args, capfd)
+    assert_one_line_error(err, ["cannot reach", "--tpu_name"] + words)
+    assert len(calls) == 1 and not model_dir.exists()
