@@ -221,6 +221,11 @@ BAD_FLAGS = {
                             ["--loss", "pretrain", "autoencoder"]),
     "prior_in_finetune": (["--train_mode=finetune", "--prior=normal"],
                           ["--prior", "pretrain", "finetune"]),
+    "loss_in_finetune": (["--train_mode=finetune", "--loss=swd"],
+                         ["--loss", "pretrain", "finetune"]),
+    "lambda_without_lambda_loss": (["--lambda_weight=0.5"], ["lambda_weight", "ntxent"]),
+    "dhel_flag_with_dcl": (["--loss=dcl", "--dhel_include_augs=false"],
+                           ["dhel_include_augs", "dcl", "dhel"]),
 }
 
 
