@@ -179,6 +179,8 @@ def resolve(values, present, defaults):
     for flag in ("train_split", "eval_split"):
         if values["mode"] != "eval" or flag == "eval_split":
             source.num_examples(values[flag])  # DatasetError for an unknown split
+    if values["mode"] != "eval":
+        _check_batch_fits(values, source)
 
     if values["model_dir"] is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -188,6 +190,18 @@ def resolve(values, present, defaults):
     elif values["mode"] != "eval":
         _check_resume(values)
     return Config(values, loss_params, notices), source
+
+
+def _check_batch_fits(values, source):
+    """A training split of fewer examples than one global batch is refused:
+    the repeated split would put copies of one image in a batch, each the
+    other's negative."""
+    count = source.num_examples(values["train_split"])
+    if count < values["train_batch_size"]:
+        raise UsageError(
+            f"--train_batch_size={values['train_batch_size']} is larger than the {count} "
+            f"examples of --dataset={values['dataset']} split {values['train_split']!r}; "
+            f"pass --train_batch_size={count} or less, or more data")
 
 
 def open_dataset(values):

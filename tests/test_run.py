@@ -223,6 +223,8 @@ BAD_FLAGS = {
                           ["--prior", "pretrain", "finetune"]),
     "loss_in_finetune": (["--train_mode=finetune", "--loss=swd"],
                          ["--loss", "pretrain", "finetune"]),
+    "batch_larger_than_the_data": (["--train_batch_size=2000"],
+                                   ["--train_batch_size=2000", "1297", "digits", "'train'"]),
     "lambda_without_lambda_loss": (["--lambda_weight=0.5"], ["lambda_weight", "ntxent"]),
     "dhel_flag_with_dcl": (["--loss=dcl", "--dhel_include_augs=false"],
                            ["dhel_include_augs", "dcl", "dhel"]),
