@@ -20,6 +20,8 @@ lists, which TensorFlow's own object graph of a Keras model leaves out
 """
 import json
 import os
+import re
+import sys
 
 import keras
 import numpy as np
@@ -36,6 +38,22 @@ def latest_checkpoint(directory):
     if not directory or not tf.io.gfile.isdir(directory):
         return None
     return tf.train.latest_checkpoint(directory)
+
+
+# What reading a truncated, corrupted or deleted checkpoint raises (every
+# tensor of a checkpoint carries a CRC32C that the reader verifies; a data
+# file cut short in its object graph is an IndexError of the reader).
+DAMAGE_ERRORS = (tf.errors.DataLossError, tf.errors.OutOfRangeError,
+                 tf.errors.NotFoundError, tf.errors.InvalidArgumentError, IndexError)
+
+
+def checkpoints_newest_first(directory):
+    """The checkpoint prefixes that `directory`'s state file lists, newest
+    first ([] without one)."""
+    if not directory or not tf.io.gfile.isdir(directory):
+        return []
+    state = tf.train.get_checkpoint_state(directory)
+    return list(reversed(state.all_model_checkpoint_paths)) if state else []
 
 
 def resolve_checkpoint_path(path, flag="--checkpoint"):
@@ -112,6 +130,35 @@ class Checkpointer:
                     self._saved[g][k].assign(_canonical(v))
         return self.manager.save(checkpoint_number=step)
 
+    def restore_newest_good(self, directory, log=None):
+        """Restores the newest checkpoint of `directory` that reads back
+        whole and returns its prefix (None when there is none). A damaged
+        newer one (`DAMAGE_ERRORS`) is skipped with one line naming it and
+        the cause (on stderr, or to `log`), and left as it is.
+
+        Raises:
+            UsageError: every checkpoint of `directory` is damaged.
+        """
+        log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        damaged, warnings = [], []
+        for prefix in checkpoints_newest_first(directory):
+            try:
+                self.restore(prefix)
+            except DAMAGE_ERRORS as e:
+                damaged.append(f"{os.path.basename(prefix)} ({type(e).__name__})")
+                warnings.append(f"warning: checkpoint {prefix} cannot be read "
+                                f"({type(e).__name__}: {_first_line(e)}); using the one "
+                                "before it")
+                continue
+            for line in warnings:  # only when one is used: else the error says it all
+                log(line)
+            return prefix
+        if damaged:
+            raise UsageError(
+                f"no checkpoint in {directory} can be read: {', '.join(damaged)}; move them "
+                "away to train from scratch, or restore the directory from a copy")
+        return None
+
     def restore(self, path, model_only=False):
         """Restores every variable from `path` (only the model's with
         `model_only`); a variable the checkpoint lacks is an error."""
@@ -127,6 +174,15 @@ class Checkpointer:
                     continue
                 for k, v in group.items():
                     v.assign(self._saved[g][k].numpy().astype(v.dtype))
+
+
+def _first_line(error):
+    """The first line of an error's message without TensorFlow's
+    `{{function_node ...}}` prefix and `[Op:...]` suffix."""
+    message = getattr(error, "message", None) or str(error)
+    line = (message.strip().splitlines() or [""])[0]
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
+    return re.sub(r"\s*\[Op:\w+\]$", "", line)
 
 
 def _canonical(variable):

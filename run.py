@@ -282,9 +282,8 @@ def build_trainer(cfg, source):
 
 def restore(cfg, trainer, checkpointer):
     """Resume from model_dir, else initialise from --checkpoint (weights only)."""
-    latest = checkpoint_lib.latest_checkpoint(cfg.model_dir)
+    latest = checkpointer.restore_newest_good(cfg.model_dir)
     if latest:
-        checkpointer.restore(latest)
         trainer.load()
         print(f"resumed from {latest}", flush=True)
         return

@@ -589,6 +589,54 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     assert_training_metrics_finite(model_dir, [1, 2, 3, 4])
 
 
+def damage(path, how):
+    """Truncates the file at `path` to half, or flips a byte in its middle."""
+    content = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(content[:len(content) // 2]))
+    else:
+        content[len(content) // 2] ^= 0xFF
+        path.write_bytes(bytes(content))
+
+
+@SHARES_PRETRAINED
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_a_damaged_latest_checkpoint_is_reported_and_the_one_before_it_restored(
+        pretrained, tmp_path, capfd, how):
+    """The newest checkpoint's data file damaged: resuming says so in one
+    line and restores the checkpoint before it, every variable as saved
+    there; the damaged files stay. With every checkpoint damaged: one line,
+    exit status 2, nothing changed."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(pretrained, model_dir)
+    [data_2] = model_dir.glob("ckpt-2.data-*")
+    damage(data_2, how)
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    cfg, trainer, checkpointer = rebuild(model_dir, **PRETRAIN)
+    capfd.readouterr()
+    run.restore(cfg, trainer, checkpointer)
+    out, err = capfd.readouterr()
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("warning: ") and "ckpt-2" in line and "the one before it" in line
+    assert "function_node" not in line and "[Op:" not in line, line
+    assert f"resumed from {model_dir}/ckpt-1" in out
+    saved = saved_groups(str(model_dir / "ckpt-1"))
+    for group, variables in checkpoint_lib.variable_groups(trainer.model,
+                                                           trainer.optimizers).items():
+        for key, variable in variables.items():
+            assert_bitwise_equal(variable.numpy(), saved[group][key], f"{group}/{key}")
+    assert trainer.step == 1
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+
+    [data_1] = model_dir.glob("ckpt-1.data-*")
+    damage(data_1, how)
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    err = run_expecting_exit(command_line(model_dir, **PRETRAIN), capfd)
+    assert_one_line_error(err, ["no checkpoint in", str(model_dir), "ckpt-2", "ckpt-1",
+                                "from scratch"])
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+
+
 @SHARES_PRETRAINED
 def test_rerun_with_another_loss_or_model_refuses(pretrained, tmp_path, capfd):
     model_dir = tmp_path / "model"
