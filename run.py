@@ -22,6 +22,7 @@ a non-finite loss or gradient stops training with one line and exit status 3.
 import contextlib
 import importlib
 import os
+import shlex
 import sys
 import time
 
@@ -225,6 +226,10 @@ HELP_FLAGS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
 EXIT_NON_FINITE = 3
 
 
+# The argv that parse_flags parsed: the command an interrupted run prints.
+COMMAND_LINE = []
+
+
 def parse_flags(argv):
     """absl parsing whose errors become one line and exit status 2; the help
     flags print the help (with the values a bare run takes from the digits
@@ -236,6 +241,7 @@ def parse_flags(argv):
         except SystemExit:
             pass
         sys.exit(0)
+    COMMAND_LINE[:] = argv
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -356,6 +362,20 @@ def run_main(argv):
         fail(e)
     except train_loop.NonFiniteError as e:
         fail(e, status=EXIT_NON_FINITE)
+    except train_loop.Interrupted as e:
+        print(f"run.py: {e}, saved as {e.prefix}; to resume, run the same command: "
+              f"{resume_command(os.path.dirname(e.prefix))}", file=sys.stderr, flush=True)
+        # 128 + the signal's number, as a shell reports a process it stopped.
+        sys.exit(128 + e.signum)
+
+
+def resume_command(model_dir):
+    """`python run.py ...` as parsed, with --model_dir=`model_dir` when it
+    was not given (the default one holds a time stamp)."""
+    args = ["python", "run.py"] + COMMAND_LINE[1:]
+    if not FLAGS["model_dir"].present:
+        args.append(f"--model_dir={model_dir}")
+    return shlex.join(args)
 
 
 if __name__ == "__main__":

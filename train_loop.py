@@ -8,9 +8,15 @@ finite, and only then writes the block's summaries and, at a checkpoint
 boundary where every variable is finite too, the representation metrics of
 a fixed held-out batch (TensorBoard and `metrics.csv`) and the checkpoint: a
 non-finite state never becomes the latest checkpoint.
+
+SIGINT (Ctrl-C) and SIGTERM (preemption) during training stop it after the
+running block with a checkpoint of the step reached (`Interrupted`); a
+second signal stops at once, as Python's default does.
 """
 import math
+import signal
 import sys
+import threading
 
 import keras
 import tensorflow as tf
@@ -21,6 +27,42 @@ import evaluation
 class NonFiniteError(Exception):
     """Training produced a non-finite loss or gradient; the message names the
     steps and the terms."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training; `prefix` is the checkpoint of the
+    step reached."""
+
+    def __init__(self, signum, step, prefix):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.prefix = signum, step, prefix
+
+
+class StopRequests:
+    """Within `with`: the first SIGINT or SIGTERM sets `signum` for the loop
+    to read; a second raises KeyboardInterrupt. Outside the main thread,
+    where Python cannot handle signals, it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
 
 
 def next_boundary(step, every):
@@ -89,7 +131,13 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
     Raises:
         NonFiniteError: a loss or gradient was not finite; nothing of that
             block was written.
+        Interrupted: SIGINT or SIGTERM arrived; the step reached was saved.
     """
+    with StopRequests() as stop:
+        return _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop)
+
+
+def _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop):
     num_train = source.num_examples(cfg.train_split)
     save_every = checkpoint_interval(cfg, num_train)
     log_every = cfg.log_every_steps or save_every
@@ -116,7 +164,8 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
                     tf.summary.scalar(name if name == "learning_rate" else f"train/{name}",
                                       value, step=step)
             summary_writer.flush()
-        if step % save_every == 0 or step == train_steps:
+        boundary = step % save_every == 0 or step == train_steps
+        if boundary or stop.signum is not None:
             trainer.sync()
             bad = checkpointer.nonfinite()
             if bad:
@@ -124,7 +173,10 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
                     f"non-finite variables after step {step} ({len(bad)}, e.g. {bad[0]}); "
                     f"training stopped before saving (latest checkpoint: "
                     f"{checkpointer.latest or 'none'})")
-            log_representation(cfg, trainer, heldout, summary_writer, step)
-            checkpointer.save(step)
+            if boundary:
+                log_representation(cfg, trainer, heldout, summary_writer, step)
+            prefix = checkpointer.save(step)
+            if stop.signum is not None:
+                raise Interrupted(stop.signum, step, prefix)
         progress.update(step, logs)
     return step

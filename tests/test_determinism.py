@@ -92,3 +92,55 @@ def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
         for step, value in points:
             assert value == expected[tag][step], (tag, step)
     assert_same_state(final_state(killed), final_state(first))
+
+
+def wait_for_line(process, prefix, timeout=300):
+    """Reads the process's stdout until a line starting with `prefix`."""
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return line
+        assert time.time() < deadline, f"no line starting with {prefix!r}"
+    raise AssertionError(f"stdout ended before a line starting with {prefix!r}")
+
+
+@pytest.mark.processes
+def test_sigint_and_sigterm_save_the_step_reached_and_say_how_to_resume(tmp_path):
+    """A run far from its end (checkpoints every 1,000 steps) gets SIGINT
+    after its first logged steps: within seconds it exits with 128 + 2,
+    having saved a checkpoint of the step it reached, with one line on
+    stderr naming that step and the command to resume. That command
+    resumes from exactly there; SIGTERM then stops it the same way (128 +
+    15). Every step's summaries are written once across the two."""
+    model_dir = tmp_path / "model"
+    argv = [sys.executable] + command_line(
+        model_dir, mode="train", train_steps=100_000, checkpoint_steps=1000, log_every_steps=2,
+        warmup_epochs=0)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    stopped = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        if stopped:
+            assert wait_for_line(process, "resumed from").strip() == (
+                f"resumed from {model_dir}/ckpt-{stopped[-1]}")
+        wait_for_line(process, "step ")
+        process.send_signal(signum)
+        sent = time.time()
+        _, err = process.communicate(timeout=120)
+        assert time.time() - sent < 30
+        assert process.returncode == 128 + signum, err[-2000:]
+        lines = [line for line in err.splitlines() if line.startswith("run.py:")]
+        assert len(lines) == 1, err[-2000:]
+        step = int(lines[0].split(" at step ")[1].split(",")[0])
+        name = signal.Signals(signum).name
+        assert lines[0].startswith(f"run.py: interrupted by {name} at step {step}, saved as "
+                                   f"{model_dir}/ckpt-{step}; to resume, run the same command: ")
+        assert f"--model_dir={model_dir}" in lines[0] and "Traceback" not in err
+        assert step % 2 == 0 and step % 1000 != 0 and step > (stopped or [0])[-1]
+        assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{step}")
+        reader = tf.train.load_checkpoint(str(model_dir / f"ckpt-{step}"))
+        assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == step
+        stopped.append(step)
+    logged = sorted(s for s, _ in scalars(model_dir)["train/total_loss"])
+    assert logged == list(range(2, stopped[-1] + 1, 2))
