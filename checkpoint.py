@@ -20,7 +20,6 @@ lists, which TensorFlow's own object graph of a Keras model leaves out
 """
 import json
 import os
-import re
 import sys
 
 import keras
@@ -29,6 +28,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from config import UsageError
+from config import error_line
 
 _VALUE = "VARIABLE_VALUE"
 
@@ -147,7 +147,7 @@ class Checkpointer:
             except DAMAGE_ERRORS as e:
                 damaged.append(f"{os.path.basename(prefix)} ({type(e).__name__})")
                 warnings.append(f"warning: checkpoint {prefix} cannot be read "
-                                f"({type(e).__name__}: {_first_line(e)}); using the one "
+                                f"({type(e).__name__}: {error_line(e)}); using the one "
                                 "before it")
                 continue
             for line in warnings:  # only when one is used: else the error says it all
@@ -174,15 +174,6 @@ class Checkpointer:
                     continue
                 for k, v in group.items():
                     v.assign(self._saved[g][k].numpy().astype(v.dtype))
-
-
-def _first_line(error):
-    """The first line of an error's message without TensorFlow's
-    `{{function_node ...}}` prefix and `[Op:...]` suffix."""
-    message = getattr(error, "message", None) or str(error)
-    line = (message.strip().splitlines() or [""])[0]
-    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
-    return re.sub(r"\s*\[Op:\w+\]$", "", line)
 
 
 def _canonical(variable):

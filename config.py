@@ -24,6 +24,7 @@ may differ between the commands of one run.
 """
 import json
 import os
+import re
 import time
 
 import datasets
@@ -91,6 +92,15 @@ CIFAR_STEM_MAX_SIZE = 32
 
 class UsageError(Exception):
     """A mistake in the command line or the environment it names."""
+
+
+def error_line(error):
+    """The first line of an error's message, for a one-line report: without
+    TensorFlow's `{{function_node ...}}` prefix and `[Op:...]` suffix."""
+    message = getattr(error, "message", None) or str(error)
+    line = (message.strip().splitlines() or [""])[0]
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
+    return re.sub(r"\s*\[Op:\w+\]$", "", line)
 
 
 class Config:

@@ -18,6 +18,7 @@ import metrics
 import model as model_lib
 import train_lib
 from config import UsageError
+from config import error_line
 
 
 def get_strategy(cfg):
@@ -56,9 +57,8 @@ def tpu_strategy(cfg):
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as e:
         what = (f"the TPU {name!r}" if name else
                 "a local TPU (--use_tpu without --tpu_name or --master)")
-        cause = (str(e).strip().splitlines() or [""])[0]
         raise UsageError(
-            f"cannot reach {what}: {type(e).__name__}: {cause}; pass --tpu_name (with "
+            f"cannot reach {what}: {type(e).__name__}: {error_line(e)}; pass --tpu_name (with "
             "--tpu_zone and --gcp_project outside its project) or --master=grpc://host:port, "
             "or run --use_tpu on a TPU VM") from None
     return tf.distribute.TPUStrategy(resolver)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import types
+import urllib.error
 
 import keras
 import numpy as np
@@ -24,6 +25,10 @@ import configs
 import objective
 import train_lib
 import trainer_tf
+from test_run import assert_one_line_error
+from test_run import command_line
+from test_run import reset_flags  # noqa: F401  (autouse fixture)
+from test_run import run_expecting_exit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -324,7 +329,6 @@ BAD_TF_CONFIGS = {
 @pytest.mark.parametrize("case", list(BAD_TF_CONFIGS))
 def test_malformed_tf_config_is_one_line_and_exit_status_2(case, tmp_path, monkeypatch,
                                                           capfd):
-    from test_run import assert_one_line_error, command_line, run_expecting_exit
     value, words = BAD_TF_CONFIGS[case]
     monkeypatch.setenv("TF_CONFIG", value)
     model_dir = tmp_path / "model"
@@ -350,11 +354,10 @@ def test_well_formed_tf_configs_give_their_cluster():
 # --use_tpu outside a TPU VM, a ValueError.
 TPU_FAILURES = {
     "unknown_name": (["--tpu_name=no-such-tpu"],
-                     lambda: __import__("urllib.error").error.URLError(
-                         "<urlopen error [Errno -2] Name or service not known>"),
+                     urllib.error.URLError("<urlopen error [Errno -2] Name or service not known>"),
                      ["'no-such-tpu'", "URLError", "Name or service not known"]),
     "use_tpu_outside_a_tpu_vm": (["--use_tpu"],
-                                 lambda: ValueError("Please provide a TPU Name to connect to."),
+                                 ValueError("Please provide a TPU Name to connect to."),
                                  ["a local TPU (--use_tpu", "ValueError",
                                   "Please provide a TPU Name"]),
 }
@@ -362,13 +365,12 @@ TPU_FAILURES = {
 
 @pytest.mark.parametrize("case", list(TPU_FAILURES))
 def test_unreachable_tpu_is_one_line_and_exit_status_2(case, tmp_path, monkeypatch, capfd):
-    from test_run import assert_one_line_error, command_line, run_expecting_exit
     args, error, words = TPU_FAILURES[case]
     calls = []
 
     def resolver(**kwargs):
         calls.append(kwargs)
-        raise error()
+        raise error
 
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver)
     model_dir = tmp_path / "model"

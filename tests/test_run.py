@@ -589,6 +589,11 @@ def test_resume_restores_every_variable_and_continues(pretrained, tmp_path, caps
     assert_training_metrics_finite(model_dir, [1, 2, 3, 4])
 
 
+def file_contents(directory):
+    """{name: bytes} of the files directly in `directory`."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
 def damage(path, how):
     """Truncates the file at `path` to half, or flips a byte in its middle."""
     content = bytearray(path.read_bytes())
@@ -611,7 +616,7 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_one_before_it_restored(
     shutil.copytree(pretrained, model_dir)
     [data_2] = model_dir.glob("ckpt-2.data-*")
     damage(data_2, how)
-    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    files = file_contents(model_dir)
     cfg, trainer, checkpointer = rebuild(model_dir, **PRETRAIN)
     capfd.readouterr()
     run.restore(cfg, trainer, checkpointer)
@@ -626,28 +631,28 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_one_before_it_restored(
         for key, variable in variables.items():
             assert_bitwise_equal(variable.numpy(), saved[group][key], f"{group}/{key}")
     assert trainer.step == 1
-    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+    assert file_contents(model_dir) == files
 
     [data_1] = model_dir.glob("ckpt-1.data-*")
     damage(data_1, how)
-    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    files = file_contents(model_dir)
     err = run_expecting_exit(command_line(model_dir, **PRETRAIN), capfd)
     assert_one_line_error(err, ["no checkpoint in", str(model_dir), "ckpt-2", "ckpt-1",
                                 "from scratch"])
-    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+    assert file_contents(model_dir) == files
 
 
 @SHARES_PRETRAINED
 def test_rerun_with_another_loss_or_model_refuses(pretrained, tmp_path, capfd):
     model_dir = tmp_path / "model"
     shutil.copytree(pretrained, model_dir)
-    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    before = file_contents(model_dir)
     for flag, words in (("--loss=dcl", ["--loss=ntxent", "--loss=dcl"]),
                         ("--width_multiplier=0.25", ["width_multiplier", "0.125", "0.25"])):
         argv = command_line(model_dir, **PRETRAIN, train_steps=4) + [flag]
         err = run_expecting_exit(argv, capfd)
         assert_one_line_error(err, words + [str(model_dir)])
-    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+    assert file_contents(model_dir) == before
 
 
 def test_non_finite_loss_stops_before_anything_is_written(tmp_path, monkeypatch, capfd):
