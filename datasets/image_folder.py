@@ -28,8 +28,11 @@ README image) is not a split. Files with other extensions and hidden entries
 
 Files that cannot be decoded (corrupt or truncated data, empty files) are
 skipped: `skipped` lists their paths and one warning names how many there
-were. A split, or the unlabelled folder, left without a readable image is a
-`DatasetError`.
+were. So are images whose header declares more than `MAX_PIXELS` pixels
+(`too_large`, one warning of their own): the size is read from the header
+before anything is decoded, so one enormous image (or a file that merely
+claims to be one) cannot exhaust memory. A split, or the unlabelled folder,
+left without a readable image is a `DatasetError`.
 
 All images are decoded once, when the source is opened, and kept in memory,
 which suits the small image sets this source is meant for; large datasets
@@ -41,6 +44,8 @@ an alpha channel is dropped and grey images become RGB when the first image
 is RGB (or RGB images grey when it is grey), as
 `tf.io.decode_image(channels=C)` converts them.
 """
+
+import struct
 
 from absl import logging
 import numpy as np
@@ -60,6 +65,11 @@ _LAYOUT = ("--data_dir must be a directory with one sub-directory per split "
 # decode; any other error is not the file's fault and propagates.
 _UNREADABLE = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
                tf.errors.PermissionDeniedError, tf.errors.DataLossError)
+# The most pixels one image may declare: Pillow's decompression-bomb bound
+# (a 9,459 px square, 268 MB as RGB), far above what this in-memory source
+# is for. The decoders allocate the declared size before reading the data.
+MAX_PIXELS = 89_478_485
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _subdirectories(path):
@@ -79,15 +89,42 @@ def _join(*parts):
     return "/".join(part.rstrip("/") for part in parts)
 
 
+def declared_size(contents):
+    """(height, width) that an encoded image's header declares, read without
+    decoding: PNG (IHDR), GIF (logical screen), BMP (DIB header) or JPEG
+    (its frame header); None for anything else, which the decoder refuses.
+
+    Raises:
+        tf.errors.InvalidArgumentError: a JPEG without a frame header.
+    """
+    if contents[:8] == _PNG and len(contents) >= 24:
+        width, height = struct.unpack(">II", contents[16:24])
+    elif contents[:6] in (b"GIF87a", b"GIF89a") and len(contents) >= 10:
+        width, height = struct.unpack("<HH", contents[6:10])
+    elif contents[:2] == b"BM" and len(contents) >= 26:
+        width, height = struct.unpack("<ii", contents[18:26])
+    elif contents[:2] == b"\xff\xd8":
+        height, width = tf.image.extract_jpeg_shape(contents)[:2].numpy()
+    else:
+        return None
+    return abs(int(height)), abs(int(width))  # a BMP stored top-down has height < 0
+
+
 def _decode(path, channels):
-    """The image in `path` as uint8 [H, W, C] (C = `channels`, or the file's
-    own when 0), or None when the file cannot be read or decoded."""
+    """(image, size): the image in `path` as uint8 [H, W, C] (C = `channels`,
+    or the file's own when 0) and None; (None, None) when the file cannot be
+    read or decoded; (None, (H, W)) when it declares more than `MAX_PIXELS`
+    pixels, in which case it is not decoded."""
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+        contents = tf.io.read_file(path)
+        size = declared_size(contents.numpy())
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            return None, size
+        image = tf.io.decode_image(contents, channels=channels,
                                    expand_animations=False)
     except _UNREADABLE:
-        return None
-    return image.numpy()
+        return None, None
+    return image.numpy(), None
 
 
 def _channels_to_keep(image):
@@ -122,14 +159,17 @@ def _labelled_files(data_dir, split_names):
 
 def _read(files):
     """Decodes {split: [(path, label)]} into {split: (images, labels)}, and
-    returns the paths of the files that could not be decoded, in order."""
+    returns the paths of the files that could not be decoded and
+    {path: (H, W)} of those too large to decode, both in reading order."""
     channels = 0
     height = width = None
-    arrays, skipped = {}, []
+    arrays, skipped, too_large = {}, [], {}
     for split, entries in files.items():
         images, labels = [], []
         for path, label in entries:
-            image = _decode(path, channels=channels)
+            image, size = _decode(path, channels=channels)
+            if size is not None:
+                too_large[path] = size
             if image is None:
                 skipped.append(path)
                 continue
@@ -138,7 +178,7 @@ def _read(files):
                 # again with them converts it as every later image is.
                 channels = _channels_to_keep(image)
                 height, width = image.shape[:2]
-                image = _decode(path, channels=channels)
+                image, _ = _decode(path, channels=channels)
             if image.shape[:2] != (height, width):
                 raise DatasetError(
                     f"--data_dir: image {path} is {image.shape[0]}x"
@@ -147,7 +187,7 @@ def _read(files):
             images.append(image)
             labels.append(label)
         arrays[split] = (images, np.asarray(labels, np.int64))
-    return arrays, skipped
+    return arrays, skipped, too_large
 
 
 @register(NAME)
@@ -166,8 +206,11 @@ class ImageFolderSource(InMemorySource):
         labelled: True for the split/class layout, False for a flat folder.
         class_names: the class directory names, in label-id order (() when
             unlabelled).
-        skipped: the paths of the image files that could not be decoded, as
-            a tuple, in reading order.
+        skipped: the paths of the image files that were not read (they
+            could not be decoded, or are too large), as a tuple, in reading
+            order.
+        too_large: {path: (height, width)} of the files skipped because
+            they declare more than `MAX_PIXELS` pixels.
     """
 
     def __init__(self, data_dir):
@@ -188,22 +231,30 @@ class ImageFolderSource(InMemorySource):
                                         for name in names]}
             class_names = []
 
-        arrays, skipped = _read(files)
-        if skipped:
+        arrays, skipped, too_large = _read(files)
+        unreadable = [path for path in skipped if path not in too_large]
+        if unreadable:
             logging.warning("image_folder: skipped %d unreadable image(s) in "
-                            "%s, e.g. %s", len(skipped), data_dir, skipped[0])
+                            "%s, e.g. %s", len(unreadable), data_dir,
+                            unreadable[0])
+        if too_large:
+            path, (h, w) = next(iter(too_large.items()))
+            logging.warning("image_folder: skipped %d image(s) of more than "
+                            "%d pixels in %s, e.g. %s (%dx%d)", len(too_large),
+                            MAX_PIXELS, data_dir, path, h, w)
         for split, (images, _) in arrays.items():
             if not images:
                 where = (f"split {split!r}" if self.labelled
                          else "the folder")
                 raise DatasetError(
                     f"--data_dir {data_dir}: {where} holds no readable image; "
-                    f"all {len(files[split])} image file(s) failed to decode, "
-                    f"e.g. {files[split][0][0]}")
+                    f"all {len(files[split])} image file(s) were unreadable or "
+                    f"too large to decode, e.g. {files[split][0][0]}")
 
         self.class_names = tuple(class_names)
         self.data_dir = data_dir
         self.skipped = tuple(skipped)
+        self.too_large = too_large
         arrays = {split: (np.stack(images), labels)
                   for split, (images, labels) in arrays.items()}
         if self.labelled:

@@ -7,7 +7,9 @@ tests refuse any network access.
 
 import collections
 import socket
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from sklearn.datasets import load_digits
 import data
 import datasets
 from datasets import digits as digits_module
+from datasets import image_folder
 
 TINY_SHAPE = (6, 7, 3)
 TINY_SIZES = {"train": 9, "test": 4}
@@ -343,6 +346,57 @@ def test_image_folder_skips_and_counts_unreadable_images(tmp_path, caplog):
                 if "image_folder: skipped" in r.getMessage()]
     assert warnings == [f"image_folder: skipped 8 unreadable image(s) in "
                         f"{tmp_path}, e.g. {bad_test[0]}"]
+
+
+def _grey_png(height, width):
+    """A valid 8-bit grey PNG of zeros, written without materialising the
+    image: zlib compresses the rows as they stream (about 1 KB per 1 M px)."""
+    def chunk(kind, payload):
+        body = kind + payload
+        return (struct.pack(">I", len(payload)) + body
+                + struct.pack(">I", zlib.crc32(body)))
+
+    compressor = zlib.compressobj(1)
+    row = bytes(1 + width)  # filter byte 0, then the pixels
+    data = b"".join(compressor.compress(row) for _ in range(height))
+    data += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_a_small_png_of_ours_decodes_to_what_it_declares():
+    """The PNG writer the next test uses, checked on a small image."""
+    contents = _grey_png(7, 9)
+    image = tf.io.decode_png(contents).numpy()
+    assert image.shape == (7, 9, 1) and not image.any()
+    assert image_folder.declared_size(contents) == (7, 9)
+    jpeg = tf.io.encode_jpeg(np.zeros((5, 6, 3), np.uint8)).numpy()
+    assert image_folder.declared_size(jpeg) == (5, 6)
+
+
+def test_image_folder_skips_an_enormous_image_without_decoding_it(
+        tmp_path, caplog):
+    """A valid 8,000 x 12,000 PNG (96 M pixels, 288 MB as RGB, 100 KB on
+    disk), sorted first: it is skipped from its header and named in its own
+    warning with its size; the rest reads as without it."""
+    written = _make_folder(tmp_path)
+    enormous = tmp_path / "train" / "cat" / "-enormous.png"
+    enormous.write_bytes(_grey_png(8000, 12000))
+    assert 8000 * 12000 > image_folder.MAX_PIXELS
+    with caplog.at_level("WARNING"):
+        source = datasets.get_dataset("image_folder", data_dir=str(tmp_path))
+    assert source.skipped == (str(enormous),)
+    assert source.too_large == {str(enormous): (8000, 12000)}
+    assert source.image_shape == (5, 6, 3)
+    for split, (images, labels) in written.items():
+        assert _pairs(*source.as_numpy(split)) == _pairs(images, labels)
+    warnings = [r.getMessage() for r in caplog.records
+                if "image_folder: skipped" in r.getMessage()]
+    assert warnings == [
+        f"image_folder: skipped 1 image(s) of more than "
+        f"{image_folder.MAX_PIXELS} pixels in {tmp_path}, e.g. {enormous} "
+        f"(8000x12000)"]
 
 
 def test_image_folder_without_a_readable_image_is_an_error(tmp_path):
