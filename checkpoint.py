@@ -209,16 +209,24 @@ def saved_model_variables(prefix):
     return reader, keys
 
 
-def restore_weights(model, prefix):
+def restore_weights(model, prefix, partial=False):
     """Initialises `model` from the checkpoint at `prefix` (weights only, as
     `--checkpoint` does), variable by variable where path and shape match.
 
+    Args:
+        model: the Keras model to initialise.
+        prefix: a checkpoint prefix of this project's format.
+        partial: skip encoder variables that do not match too, instead of
+            refusing the checkpoint (`--partial_checkpoint`).
+
     Returns:
-        One line saying what was restored and what was skipped.
+        Lines to show: one saying what was restored and what was skipped,
+        then with `partial` one line per variable skipped.
 
     Raises:
-        UsageError: an encoder variable is missing or has another shape
-            (another depth, width or stem), named with its shapes.
+        UsageError: without `partial`, an encoder variable is missing or has
+            another shape (another depth, width or stem), named with its
+            shapes.
     """
     reader, keys = saved_model_variables(prefix)
     shapes = reader.get_variable_to_shape_map()
@@ -235,7 +243,7 @@ def restore_weights(model, prefix):
             what = (f"{variable.path} (absent)" if found is None else
                     f"{variable.path} ({list(found)} in the checkpoint, "
                     f"{list(variable.shape)} here)")
-            (mismatched if part == "encoder" else skipped).append(what)
+            (mismatched if part == "encoder" and not partial else skipped).append(what)
             counts[part] = (done, total + 1)
             continue
         variable.assign(reader.get_tensor(key))
@@ -245,12 +253,15 @@ def restore_weights(model, prefix):
         raise UsageError(
             f"--checkpoint={prefix} does not hold this encoder: {total - done} of its "
             f"{total} variables do not match, e.g. {mismatched[0]}; pass the "
-            "architecture flags it was trained with (its run's flags.json)")
+            "architecture flags it was trained with (its run's flags.json), or "
+            "--partial_checkpoint to restore only the variables that match")
     summary = ", ".join(f"{part} {done}/{total}" for part, (done, total) in counts.items())
     line = f"initialised from {prefix}: {summary} variables restored"
+    if skipped and partial:
+        return [f"{line}; skipped {len(skipped)}:"] + [f"  skipped {what}" for what in skipped]
     if skipped:
         line += f"; skipped {len(skipped)}, e.g. {skipped[0]}"
-    return line
+    return [line]
 
 
 def write_text(path, text):

@@ -75,7 +75,7 @@ SESSION_FLAGS = frozenset({
     "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
-    "zero_init_logits_layer", "master", "use_tpu", "tpu_name", "tpu_zone",
+    "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name", "tpu_zone",
     "gcp_project", "cache_dataset", "deterministic"})
 
 # Flags that fix the encoder and projection head a checkpoint holds.
@@ -171,6 +171,9 @@ def resolve(values, present, defaults):
 
     if values["checkpoint"]:
         checkpoint_lib.resolve_checkpoint_path(values["checkpoint"], "--checkpoint")
+    elif values.get("partial_checkpoint"):
+        raise UsageError("--partial_checkpoint applies to --checkpoint (what to restore "
+                         "from it); pass --checkpoint=PREFIX_OR_RUN_DIR or drop it")
     if (values["train_mode"] == "finetune" and values["checkpoint"]
             and values["mode"] != "eval"):
         _take_architecture(values, present, explicit, values["checkpoint"])
@@ -303,14 +306,19 @@ def _first_difference(values, record, names):
 def _take_architecture(values, present, explicit, checkpoint):
     """Fine-tuning from a run's checkpoint builds that run's encoder and
     projection head: its architecture flags, and an image size with the
-    same stem."""
+    same stem. With --partial_checkpoint the flags given on the command
+    line win and the record fills in the others."""
     import tensorflow as tf
     directory = checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
     record = read_record(directory)
     if record is None:
         return
-    why = "--train_mode=finetune builds the encoder of the --checkpoint run"
-    _check_against_record(values, present, record, directory, why, names=ARCHITECTURE_FLAGS)
+    partial = values.get("partial_checkpoint")
+    why = ("--train_mode=finetune builds the encoder of the --checkpoint run (or pass "
+           "--partial_checkpoint to restore only what matches)")
+    if not partial:
+        _check_against_record(values, present, record, directory, why,
+                              names=ARCHITECTURE_FLAGS)
     for name in ARCHITECTURE_FLAGS:
         if name not in present and name in record:
             values[name] = record[name]
@@ -319,8 +327,8 @@ def _take_architecture(values, present, explicit, checkpoint):
         if "image_size" not in present:
             values["image_size"] = record["image_size"]
             explicit.add("image_size")
-        elif ((values["image_size"] <= CIFAR_STEM_MAX_SIZE)
-              != (record["image_size"] <= CIFAR_STEM_MAX_SIZE)):
+        elif not partial and ((values["image_size"] <= CIFAR_STEM_MAX_SIZE)
+                              != (record["image_size"] <= CIFAR_STEM_MAX_SIZE)):
             raise UsageError(
                 f"--image_size={values['image_size']} needs another ResNet stem than the "
                 f"run in {directory}, trained with --image_size={record['image_size']} "

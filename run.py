@@ -200,6 +200,11 @@ flags.DEFINE_enum("probe_view", "augmented", list(CHOICES["probe_view"]),
                   "does, or clean, the evaluation view of each training image, encoded in inference mode "
                   "as at evaluation (one extra forward pass per step).")
 flags.DEFINE_bool("use_flip", True, "Random horizontal flips in training (the original always flips).")
+flags.DEFINE_bool("partial_checkpoint", False,
+                  "With --checkpoint: initialise only the variables whose path and shape match "
+                  "(a checkpoint of another depth, width or stem) and list every one skipped; "
+                  "the architecture flags given here then apply. Without it, a checkpoint whose "
+                  "encoder does not match is refused.")
 flags.DEFINE_bool("compute_baselines", False,
                   "After eval, also fit logistic regression on raw pixels and on an untrained encoder's features "
                   "(small datasets only).")
@@ -296,7 +301,8 @@ def restore(cfg, trainer, checkpointer):
     if cfg.checkpoint:
         model = trainer.model
         path = checkpoint_lib.resolve_checkpoint_path(cfg.checkpoint)
-        print(checkpoint_lib.restore_weights(model, path), flush=True)
+        for line in checkpoint_lib.restore_weights(model, path, cfg.partial_checkpoint):
+            print(line, flush=True)
         if cfg.zero_init_logits_layer and model.supervised_head is not None:
             for variable in model.supervised_head.trainable_variables:
                 variable.assign(keras.ops.zeros_like(variable))

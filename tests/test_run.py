@@ -228,6 +228,8 @@ BAD_FLAGS = {
     "lambda_without_lambda_loss": (["--lambda_weight=0.5"], ["lambda_weight", "ntxent"]),
     "dhel_flag_with_dcl": (["--loss=dcl", "--dhel_include_augs=false"],
                            ["dhel_include_augs", "dcl", "dhel"]),
+    "partial_without_checkpoint": (["--train_mode=finetune", "--partial_checkpoint"],
+                                   ["--partial_checkpoint", "--checkpoint"]),
 }
 
 
@@ -786,6 +788,38 @@ def test_checkpoint_of_another_encoder_is_refused(pretrained, tmp_path, capfd):
     err = run_expecting_exit(argv, capfd)
     assert_one_line_error(err, ["does not hold this encoder", "in the checkpoint", "here"])
     assert ckpt_numbers(model_dir) == []
+
+
+@SHARES_PRETRAINED
+def test_partial_checkpoint_restores_what_matches_and_lists_the_rest(
+        pretrained, tmp_path, capsys):
+    """#182 of the original: a ResNet-34 initialised from a ResNet-18 run.
+    Refused without --partial_checkpoint; with it, every variable whose
+    path and shape the checkpoint holds is restored bit for bit, and every
+    other one is listed, one line each, as found by reading the checkpoint
+    here."""
+    flags = dict(FINETUNE, checkpoint=str(pretrained), train_steps=1)
+    model_dir = tmp_path / "model"
+    capsys.readouterr()
+    train(model_dir, resnet_depth=34, partial_checkpoint=True, **flags)
+    out = capsys.readouterr().out.splitlines()
+    saved = saved_groups(tf.train.latest_checkpoint(str(pretrained)))["model"]
+    _, trainer, _ = rebuild(model_dir, resnet_depth=34, partial_checkpoint=True, **flags)
+    encoder = {v.path: tuple(v.shape) for v in trainer.model.resnet_model.variables}
+    matching = [p for p, shape in encoder.items() if p in saved and saved[p].shape == shape]
+    expected_skipped = sorted(set(encoder) - set(matching))
+    assert 0 < len(matching) < len(encoder)
+    [index] = [i for i, line in enumerate(out) if line.startswith("initialised from")]
+    assert f"encoder {len(matching)}/{len(encoder)}" in out[index], out[index]
+    assert out[index].endswith(f"skipped {len(expected_skipped)}:"), out[index]
+    listed = out[index + 1:index + 1 + len(expected_skipped)]
+    assert sorted(line.split()[1] for line in listed) == expected_skipped, listed
+    assert all(line.startswith("  skipped ") for line in listed)
+    # The encoder is frozen (--fine_tune_after_block=4): what was restored
+    # is still the checkpoint's after training.
+    after = saved_groups(tf.train.latest_checkpoint(str(model_dir)))["model"]
+    for path in matching:
+        assert_bitwise_equal(after[path], saved[path], path)
 
 
 @SHARES_PRETRAINED
