@@ -47,6 +47,11 @@ DAMAGE_ERRORS = (tf.errors.DataLossError, tf.errors.OutOfRangeError,
                  tf.errors.NotFoundError, tf.errors.InvalidArgumentError, IndexError)
 
 
+def checkpoint_step(prefix):
+    """The global step of a checkpoint prefix `.../ckpt-<step>`."""
+    return int(prefix.rsplit("-", 1)[1])
+
+
 def checkpoints_newest_first(directory):
     """The checkpoint prefixes that `directory`'s state file lists, newest
     first ([] without one)."""

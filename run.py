@@ -333,7 +333,8 @@ def main(argv):
     num_train = source.num_examples(cfg.train_split)
     checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers,
                                                trainer.worker_dir, cfg.keep_checkpoint_max)
-    restore(cfg, trainer, checkpointer)
+    if cfg.mode != "eval":  # eval restores each checkpoint it evaluates (below)
+        restore(cfg, trainer, checkpointer)
     train_steps = train_lib.train_steps(cfg, num_train)
 
     if cfg.mode in ("train", "train_then_eval"):
@@ -349,13 +350,16 @@ def main(argv):
         evaluation.evaluate_and_write(cfg, trainer, source)
     elif cfg.mode == "eval":
         # Like the original: evaluate each new checkpoint until the last step
-        # of the training run, whose length flags.json recorded.
+        # of the training run, whose length flags.json recorded. A damaged
+        # one is named and the newest readable one evaluated in its place,
+        # as when training resumes; the run's last step ends the loop even
+        # when its checkpoint is the damaged one.
         for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=15):
-            checkpointer.restore(path)
+            prefix = checkpointer.restore_newest_good(cfg.model_dir)
             trainer.load()
-            result = evaluation.evaluate_and_write(cfg, trainer, source)
-            export_saved_model(cfg, trainer, path)
-            if result["global_step"] >= train_steps:
+            evaluation.evaluate_and_write(cfg, trainer, source)
+            export_saved_model(cfg, trainer, prefix)
+            if checkpoint_lib.checkpoint_step(path) >= train_steps:
                 break
     if not trainer.chief:
         tf.io.gfile.rmtree(trainer.worker_dir)

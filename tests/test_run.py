@@ -645,6 +645,31 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_one_before_it_restored(
 
 
 @SHARES_PRETRAINED
+def test_eval_mode_evaluates_the_newest_readable_checkpoint(pretrained, tmp_path, capfd):
+    """--mode=eval of a finished run whose last checkpoint is truncated:
+    one warning line naming it, the one before it evaluated (result.json
+    of step 1), and the loop ends instead of waiting for a step that
+    already came. With none readable: one line, exit status 2."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(pretrained, model_dir)
+    [data_2] = model_dir.glob("ckpt-2.data-*")
+    damage(data_2, "truncated")
+    argv = ["run.py", "--mode=eval", f"--model_dir={model_dir}"]
+    capfd.readouterr()
+    run.FLAGS.unparse_flags()
+    run.parse_flags(argv)
+    run.run_main(["run.py"])
+    err = capfd.readouterr().err
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("warning: checkpoint") and "ckpt-2" in line, line
+    assert read_json(model_dir / "result.json")["global_step"] == 1
+    [data_1] = model_dir.glob("ckpt-1.data-*")
+    damage(data_1, "truncated")
+    err = run_expecting_exit(argv, capfd)
+    assert_one_line_error(err, ["no checkpoint in", str(model_dir), "ckpt-2", "ckpt-1"])
+
+
+@SHARES_PRETRAINED
 def test_rerun_with_another_loss_or_model_refuses(pretrained, tmp_path, capfd):
     model_dir = tmp_path / "model"
     shutil.copytree(pretrained, model_dir)
