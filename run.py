@@ -17,7 +17,8 @@ Where things live: `config.py` (presets, checks, the run's record),
 `checkpoint.py`, `evaluation.py`.
 
 Every user mistake ends with one line `run.py: error: ...` and exit status 2;
-a non-finite loss or gradient stops training with one line and exit status 3.
+a non-finite loss or gradient stops training with one line and exit status 3;
+the loss of another worker of a multi-worker run, with one line and 4.
 """
 import contextlib
 import importlib
@@ -229,6 +230,7 @@ for _name, _check, _message in config.validators():
 TRAINERS = {"tensorflow": "trainer_tf", "jax": "trainer_jax"}
 HELP_FLAGS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
 EXIT_NON_FINITE = 3
+EXIT_PEER_LOST = 4
 
 
 # The argv that parse_flags parsed: the command an interrupted run prints.
@@ -372,6 +374,8 @@ def run_main(argv):
         fail(e)
     except train_loop.NonFiniteError as e:
         fail(e, status=EXIT_NON_FINITE)
+    except train_loop.PeerLost as e:
+        fail(e, status=EXIT_PEER_LOST)
     except train_loop.Interrupted as e:
         print(f"run.py: {e}, saved as {e.prefix}; to resume, run the same command: "
               f"{resume_command(os.path.dirname(e.prefix))}", file=sys.stderr, flush=True)

@@ -11,7 +11,10 @@ non-finite state never becomes the latest checkpoint.
 
 SIGINT (Ctrl-C) and SIGTERM (preemption) during training stop it after the
 running block with a checkpoint of the step reached (`Interrupted`); a
-second signal stops at once, as Python's default does.
+second signal stops at once, as Python's default does. In a multi-worker
+run, a worker that stops (killed, preempted) aborts the collectives of the
+others, which stop with `PeerLost` naming the checkpoint every worker
+resumes from when they are all started again.
 """
 import math
 import signal
@@ -21,7 +24,9 @@ import threading
 import keras
 import tensorflow as tf
 
+import checkpoint as checkpoint_lib
 import evaluation
+from config import error_line
 
 
 class NonFiniteError(Exception):
@@ -36,6 +41,37 @@ class Interrupted(Exception):
     def __init__(self, signum, step, prefix):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
         self.signum, self.step, self.prefix = signum, step, prefix
+
+
+class PeerLost(Exception):
+    """Another worker of a multi-worker run stopped during a block of steps;
+    `latest` is the run's newest checkpoint (None before the first)."""
+
+    def __init__(self, first, last, latest, error):
+        super().__init__(
+            f"another worker of this run stopped during steps {first}-{last} "
+            f"({type(error).__name__}: {_collective_reason(error)}); the run's newest "
+            f"checkpoint is {latest or 'none'}: start every worker again with its same "
+            "command to resume from it")
+        self.latest = latest
+
+
+def _collective_reason(error):
+    """What an aborted collective says happened: TensorFlow's message opens
+    with "Graph execution error:" and the op's stack, and the line that
+    says it ("Collective ops is aborted by: ...") may end in ':' before the
+    task it names on the next line."""
+    lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines()]
+    for i, line in enumerate(lines):
+        if "aborted by" in line:
+            if line.endswith(":") and i + 1 < len(lines):
+                line += " " + lines[i + 1]
+            return line
+    return error_line(error)
+
+
+# What a collective raises when a peer process went away.
+PEER_ERRORS = (tf.errors.UnavailableError,)
 
 
 class StopRequests:
@@ -132,6 +168,7 @@ def train(cfg, trainer, source, checkpointer, summary_writer, train_steps):
         NonFiniteError: a loss or gradient was not finite; nothing of that
             block was written.
         Interrupted: SIGINT or SIGTERM arrived; the step reached was saved.
+        PeerLost: another worker of a multi-worker run stopped.
     """
     with StopRequests() as stop:
         return _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop)
@@ -147,7 +184,11 @@ def _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop
     progress = Progress(train_steps, step)
     while step < train_steps:
         end = min(next_boundary(step, log_every), next_boundary(step, save_every), train_steps)
-        logs = trainer.run_steps(iterator, end - step)
+        try:
+            logs = trainer.run_steps(iterator, end - step)
+        except PEER_ERRORS as e:
+            raise PeerLost(step + 1, end, checkpoint_lib.latest_checkpoint(cfg.model_dir),
+                           e) from None
         bad = [k for k, v in logs.items() if k != "gradients_finite" and not math.isfinite(v)]
         if logs.pop("gradients_finite") != 1.0:
             bad.append("gradients")

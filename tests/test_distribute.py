@@ -5,10 +5,12 @@ device with the same global batch.
     against OneDeviceStrategy: the whole model with NT-Xent and global batch
     norm, and the trainer's contrastive step for every loss;
 (b) MultiWorkerMirroredStrategy with two worker processes on 127.0.0.1 against
-    one process, for a few optimizer steps.
+    one process, for a few optimizer steps; and two `run.py` workers, one of
+    them killed mid-run, restarted from their last checkpoint.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,8 +27,11 @@ import configs
 import objective
 import train_lib
 import trainer_tf
+import run
+from test_determinism import wait_for_line
 from test_run import assert_one_line_error
 from test_run import command_line
+from test_run import scalars
 from test_run import reset_flags  # noqa: F401  (autouse fixture)
 from test_run import run_expecting_exit
 
@@ -306,6 +311,60 @@ def test_multi_worker_matches_one_process(tmp_path):
         assert result["replicas"] == 2
         np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-4)
         np.testing.assert_allclose(result["weight_norm"], reference["weight_norm"], rtol=1e-4)
+
+
+@pytest.mark.processes
+def test_a_worker_killed_mid_run_and_the_run_restarted_loses_nothing(tmp_path):
+    """Two `run.py` workers on 127.0.0.1 (--deterministic, checkpoints every
+    4 steps); worker 1 is killed (SIGKILL) once the chief has logged step 5,
+    past ckpt-4. The chief stops within seconds with one line naming ckpt-4
+    and exit status 4 instead of hanging in its next collective. Both
+    started again with the same command resume from ckpt-4 and finish:
+    every step 1-8 is logged, and the steps trained twice log the same
+    values the second time."""
+    model_dir = tmp_path / "model"
+    argv = [sys.executable] + command_line(
+        model_dir, mode="train", deterministic=True, train_steps=8, checkpoint_steps=4,
+        log_every_steps=1, warmup_epochs=0)
+
+    def start():
+        ports = [free_port(), free_port()]
+        workers = []
+        for task_id in range(2):
+            tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                         "task": {"type": "worker", "index": task_id}}
+            env = dict(os.environ, PYTHONPATH=ROOT, TF_CONFIG=json.dumps(tf_config))
+            workers.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+        return workers
+
+    chief, worker = start()
+    wait_for_line(chief, "step 5/")
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=60)
+    _, err = chief.communicate(timeout=120)
+    assert chief.returncode == run.EXIT_PEER_LOST, err[-3000:]
+    # TensorFlow's runtime logs the lost peer in lines of its own (E0000
+    # ...); of this program's, there is one and no traceback.
+    [line] = [line for line in err.splitlines() if line.startswith("run.py")]
+    assert line == err.strip().splitlines()[-1] and "Traceback" not in err
+    for words in ("another worker", "stopped during steps 6-", f"{model_dir}/ckpt-4",
+                  "same command"):
+        assert words in line, line
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-4")
+
+    for process in start():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        assert f"resumed from {model_dir}/ckpt-4" in out
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-8")
+    logged = {}
+    for step, value in scalars(model_dir)["train/total_loss"]:
+        logged.setdefault(step, []).append(value)
+    assert sorted(logged) == list(range(1, 9))
+    assert len(logged[5]) == 2
+    for step, values in logged.items():
+        assert len(set(values)) == 1, (step, values)
 
 
 # A malformed TF_CONFIG: one line naming what is wrong, before anything is
