@@ -2,13 +2,16 @@
 and weights, also when the second run is killed with SIGKILL after a
 checkpoint and started again with the same command.
 
-Real `python run.py` processes (TensorFlow backend), tiny configuration;
-their stdout is a pipe, so the progress must come as plain lines.
+Real `python run.py` processes (TensorFlow backend, and JAX for one leg of
+the SIGINT/SIGTERM test), tiny configuration; their stdout is a pipe, so
+the progress must come as plain lines. (The SIGKILL test under JAX is in
+tests/test_trainer_jax.py.)
 """
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -95,13 +98,18 @@ def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
 
 
 def wait_for_line(process, prefix, timeout=300):
-    """Reads the process's stdout until a line starting with `prefix`."""
-    deadline = time.time() + timeout
-    for line in process.stdout:
-        if line.startswith(prefix):
-            return line
-        assert time.time() < deadline, f"no line starting with {prefix!r}"
-    raise AssertionError(f"stdout ended before a line starting with {prefix!r}")
+    """Reads the process's stdout until a line starting with `prefix`; a
+    process silent for `timeout` seconds is killed, which ends its stdout."""
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            if line.startswith(prefix):
+                return line
+    finally:
+        timer.cancel()
+    raise AssertionError(f"stdout ended before a line starting with {prefix!r} "
+                         f"(exit status {process.poll()})")
 
 
 @pytest.mark.processes
@@ -109,16 +117,17 @@ def test_sigint_and_sigterm_save_the_step_reached_and_say_how_to_resume(tmp_path
     """A run far from its end (checkpoints every 1,000 steps) gets SIGINT
     after its first logged steps: within seconds it exits with 128 + 2,
     having saved a checkpoint of the step it reached, with one line on
-    stderr naming that step and the command to resume. That command
-    resumes from exactly there; SIGTERM then stops it the same way (128 +
-    15). Every step's summaries are written once across the two."""
+    stderr naming that step and the command to resume. That command, run
+    under JAX, resumes from exactly there; SIGTERM then stops it the same
+    way (128 + 15). Every step's summaries are written once across the
+    two."""
     model_dir = tmp_path / "model"
     argv = [sys.executable] + command_line(
         model_dir, mode="train", train_steps=100_000, checkpoint_steps=1000, log_every_steps=2,
         warmup_epochs=0)
-    env = dict(os.environ, PYTHONPATH=ROOT)
     stopped = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum, backend in ((signal.SIGINT, "tensorflow"), (signal.SIGTERM, "jax")):
+        env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=backend)
         process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         if stopped:

@@ -4,7 +4,8 @@ devices by tests/test_backends.py (skipped under TensorFlow).
 - the loss, gradients and batch-norm statistics of one global batch sharded
   over two devices equal those of one device;
 - `run.py` under JAX trains, writes its outputs, resumes bit for bit, and
-  repeats itself with --deterministic;
+  with --deterministic a real process of it killed with SIGKILL and
+  started again ends where the uninterrupted run did;
 - the run it leaves in $SIMCLR_JAX_RUN_DIR (with the logits of its final
   weights on the digits test split) is what tests/test_backends.py evaluates
   under TensorFlow, with the initial weights of a model built after
@@ -13,6 +14,10 @@ devices by tests/test_backends.py (skipped under TensorFlow).
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -31,7 +36,8 @@ import data  # noqa: E402
 import run  # noqa: E402
 import train_lib  # noqa: E402
 import trainer_jax  # noqa: E402
-from test_run import TINY, digits_rgb, read_json, saved_groups, scalars, train  # noqa: E402
+from test_run import (ROOT, TINY, command_line, digits_rgb, read_json, saved_groups,  # noqa: E402
+                      scalars, train)
 
 GLOBAL_BATCH = 8
 
@@ -93,20 +99,28 @@ def final_weights(model_dir):
     return prefix, saved_groups(prefix)
 
 
-def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
+JAX_STEPS = 24
+
+
+def test_run_under_jax_writes_resumes_and_survives_sigkill(tmp_path):
+    """An in-process --deterministic run under JAX writes its outputs and
+    its checkpoint restores every variable bit for bit. The same command in
+    a real `python run.py` process under JAX, killed with SIGKILL after its
+    first checkpoint and started again, resumes there and ends with the
+    first run's scalars at every step and its weights, bit for bit."""
     run_dir = os.environ.get("SIMCLR_JAX_RUN_DIR") or str(tmp_path / "run")
-    flags = dict(mode="train_then_eval", train_steps=2, warmup_epochs=0, deterministic=True,
-                 log_every_steps=1)
+    flags = dict(mode="train_then_eval", train_steps=JAX_STEPS, checkpoint_steps=6,
+                 warmup_epochs=0, deterministic=True, log_every_steps=1)
     result = train(run_dir, keep_hub_module_max=1, **flags)  # exported through TensorFlow
-    assert os.listdir(os.path.join(run_dir, "saved_model")) == ["2"]
-    assert result["backend"] == "jax" and result["global_step"] == 2
-    assert sorted(glob.glob(os.path.join(run_dir, "ckpt-*.index"))) == [
-        os.path.join(run_dir, f"ckpt-{i}.index") for i in (1, 2)]
+    assert os.listdir(os.path.join(run_dir, "saved_model")) == [str(JAX_STEPS)]
+    assert result["backend"] == "jax" and result["global_step"] == JAX_STEPS
+    assert sorted(glob.glob(os.path.join(run_dir, "ckpt-*.index"))) == sorted(
+        os.path.join(run_dir, f"ckpt-{i}.index") for i in (6, 12, 18, 24))
     assert set(read_json(os.path.join(run_dir, "flags.json"))) == set(run.PROJECT_FLAG_NAMES)
     logged = scalars(run_dir)
-    assert [s for s, _ in logged["train/total_loss"]] == [1, 2]
+    assert [s for s, _ in logged["train/total_loss"]] == list(range(1, JAX_STEPS + 1))
 
-    # Resume restores every variable bit for bit, then trains on.
+    # Resume restores every variable bit for bit.
     cfg, source = configs.resolve(**dict(TINY, model_dir=run_dir, **flags))
     trainer = trainer_jax.Trainer(cfg).build(source.num_classes, source.num_examples("train"))
     checkpointer = checkpoint_lib.Checkpointer(trainer.model, trainer.optimizers, run_dir)
@@ -118,13 +132,34 @@ def test_run_under_jax_writes_resumes_and_is_deterministic(tmp_path):
             expected = saved[group][key].astype(value.dtype)
             assert value.tobytes() == expected.tobytes(), f"{group}/{key}"
 
-    # The same deterministic command again gives the same scalars and weights.
-    again = str(tmp_path / "again")
-    train(again, **dict(flags, mode="train"))  # the training part is what must repeat
-    assert scalars(again)["train/total_loss"] == logged["train/total_loss"]
-    _, saved_again = final_weights(again)
-    for key, value in saved["model"].items():
-        assert value.tobytes() == saved_again["model"][key].tobytes(), key
+    # The same command as a process (this session's KERAS_BACKEND=jax and
+    # XLA_FLAGS), killed after a checkpoint and started again.
+    killed = tmp_path / "killed"
+    argv = [sys.executable] + command_line(killed, **dict(flags, mode="train"))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while tf.train.latest_checkpoint(str(killed)) is None:
+        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    interrupted_at = checkpoint_lib.checkpoint_step(tf.train.latest_checkpoint(str(killed)))
+    assert interrupted_at < JAX_STEPS, "the run finished before it was killed"
+    resumed = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {killed}/ckpt-{interrupted_at}" in resumed.stdout
+    expected = dict(logged["train/total_loss"])
+    again = scalars(killed)["train/total_loss"]
+    assert {s for s, _ in again} == set(expected)
+    for step, value in again:
+        assert value == expected[step], step
+    _, saved_again = final_weights(killed)
+    for group in saved:
+        for key, value in saved[group].items():
+            assert value.tobytes() == saved_again[group][key].tobytes(), f"{group}/{key}"
 
     # For the TensorFlow side: the final weights' logits on the test split.
     rgb, _ = digits_rgb("test")
