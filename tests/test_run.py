@@ -847,6 +847,25 @@ def test_partial_checkpoint_restores_what_matches_and_lists_the_rest(
         assert_bitwise_equal(after[path], saved[path], path)
 
 
+def test_checkpoint_of_the_original_tf1_release_is_refused(tmp_path, capfd):
+    """A name-based checkpoint (the original's TF1 `tf.train.Saver`
+    format, google-research/simclr #63, #135): one line saying what it is
+    and what was expected, exit status 2, before anything is trained."""
+    prefix = str(tmp_path / "tf1" / "model.ckpt-100")
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("base_model/conv2d/kernel", shape=[3, 3, 3, 8])
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver.save(session, prefix)
+    model_dir = tmp_path / "model"
+    argv = command_line(model_dir, checkpoint=prefix, **FINETUNE)
+    err = run_expecting_exit(argv, capfd)
+    assert_one_line_error(err, [f"--checkpoint={prefix}", "name-based (TF1)",
+                                "expected one written by this project"])
+    assert ckpt_numbers(model_dir) == []
+
+
 @SHARES_PRETRAINED
 def test_finetune_on_other_classes_skips_the_head_and_says_so(pretrained, tmp_path, capsys):
     """The pretrained 10-class probe does not fit a 2-class task: the encoder
