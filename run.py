@@ -377,8 +377,13 @@ def run_main(argv):
     except train_loop.PeerLost as e:
         fail(e, status=EXIT_PEER_LOST)
     except train_loop.Interrupted as e:
-        print(f"run.py: {e}, saved as {e.prefix}; to resume, run the same command: "
-              f"{resume_command(os.path.dirname(e.prefix))}", file=sys.stderr, flush=True)
+        if e.prefix:
+            print(f"run.py: {e}, saved as {e.prefix}; to resume, run the same command: "
+                  f"{resume_command(os.path.dirname(e.prefix))}", file=sys.stderr, flush=True)
+        else:
+            print(f"run.py: {e} on a worker that does not write the run's checkpoints; the "
+                  f"run's newest checkpoint is {e.latest or 'none'}: to resume, start every "
+                  "worker again with its same command", file=sys.stderr, flush=True)
         # 128 + the signal's number, as a shell reports a process it stopped.
         sys.exit(128 + e.signum)
 

@@ -36,11 +36,12 @@ class NonFiniteError(Exception):
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped training; `prefix` is the checkpoint of the
-    step reached."""
+    step reached, or None on a worker that does not write the run's
+    checkpoints (not the chief), where `latest` is the run's newest."""
 
-    def __init__(self, signum, step, prefix):
+    def __init__(self, signum, step, prefix, latest=None):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step, self.prefix = signum, step, prefix
+        self.signum, self.step, self.prefix, self.latest = signum, step, prefix, latest
 
 
 class PeerLost(Exception):
@@ -218,6 +219,11 @@ def _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop
                 log_representation(cfg, trainer, heldout, summary_writer, step)
             prefix = checkpointer.save(step)
             if stop.signum is not None:
-                raise Interrupted(stop.signum, step, prefix)
+                if trainer.chief:
+                    raise Interrupted(stop.signum, step, prefix)
+                # This worker's save went to its scratch directory: the run
+                # resumes from the chief's newest checkpoint.
+                raise Interrupted(stop.signum, step, None,
+                                  checkpoint_lib.latest_checkpoint(cfg.model_dir))
         progress.update(step, logs)
     return step

@@ -23,8 +23,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -723,6 +725,36 @@ def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capfd):
     err = run_expecting_exit(argv, capfd, status=run.EXIT_NON_FINITE)
     assert_one_line_error(err, ["non-finite variables after step 4", "head_supervised", "ckpt-2"])
     assert ckpt_numbers(model_dir) == [2]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="Python handles signals in the main thread only")
+def test_a_signal_to_a_worker_that_is_not_the_chief_names_the_runs_checkpoint(
+        tmp_path, monkeypatch, capfd):
+    """A worker other than the chief (made so here) saves into its scratch
+    directory, which nothing resumes from: SIGINT after its first step
+    gives exit status 130 and one line naming the run's newest checkpoint
+    (none yet: only the chief writes them), not its scratch save."""
+    model_dir = tmp_path / "model"
+    scratch = model_dir / "worker_tmp_1"
+    monkeypatch.setattr(trainer_tf, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(trainer_tf.Trainer, "worker_dir", property(lambda self: str(scratch)))
+    original = trainer_tf.Trainer.run_steps
+
+    def run_then_signal(self, iterator, num_steps):
+        logs = original(self, iterator, num_steps)
+        os.kill(os.getpid(), signal.SIGINT)
+        return logs
+
+    monkeypatch.setattr(trainer_tf.Trainer, "run_steps", run_then_signal)
+    argv = command_line(model_dir, mode="train", train_steps=4, checkpoint_steps=4,
+                        log_every_steps=1)
+    err = run_expecting_exit(argv, capfd, status=128 + signal.SIGINT)
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line == ("run.py: interrupted by SIGINT at step 1 on a worker that does not write "
+                    "the run's checkpoints; the run's newest checkpoint is none: to resume, "
+                    "start every worker again with its same command"), line
+    assert tf.train.latest_checkpoint(str(scratch)).endswith("ckpt-1")
 
 
 def test_probe_learning_rate_moves_the_probe_at_its_own_rate(tmp_path):
