@@ -1,6 +1,7 @@
 """`--deterministic`: the same command twice gives bit-identical summaries
 and weights, also when the second run is killed with SIGKILL after a
-checkpoint and started again with the same command.
+checkpoint, its newest checkpoint damaged, and started again with the same
+command; SIGINT and SIGTERM save the step reached.
 
 Real `python run.py` processes (TensorFlow backend, and JAX for one leg of
 the SIGINT/SIGTERM test), tiny configuration; their stdout is a pipe, so
@@ -17,7 +18,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from test_run import ROOT, TINY, command_line, saved_groups, scalars
+from test_run import ROOT, command_line, damage, saved_groups, scalars
 
 STEPS = 40
 FLAGS = dict(mode="train", deterministic=True, train_steps=STEPS, checkpoint_steps=10,
@@ -58,15 +59,19 @@ def training_scalars(model_dir):
 @pytest.mark.processes
 def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
     """Two runs of the same command, side by side on two cores: one runs
-    through; the other is killed after its first checkpoint and started
-    again. Every scalar that either process of the second run logged, and
-    its final state, must be the first run's bit for bit: the part before
-    the kill repeats a fresh run, the part after it a resumed one."""
+    through; the other is killed after its second checkpoint, whose data
+    file is then cut in half (a disk that filled, a bad copy), and started
+    again. It names the damaged checkpoint in one warning line and resumes
+    from the one before it. Every scalar that either process of the second
+    run logged, and its final state, must be the first run's bit for bit:
+    the part before the kill repeats a fresh run, the part after it a
+    resumed one."""
     first, killed = tmp_path / "first", tmp_path / "killed"
     runs = [launch(first), launch(killed)]
     deadline = time.time() + 300
-    # After a complete checkpoint: the state file names it.
-    while tf.train.latest_checkpoint(str(killed)) is None:
+    # After its second complete checkpoint: the state file names it.
+    every = FLAGS["checkpoint_steps"]
+    while (tf.train.latest_checkpoint(str(killed)) or "-0").endswith(("-0", f"-{every}")):
         assert runs[1].poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
     runs[1].send_signal(signal.SIGKILL)
@@ -74,6 +79,8 @@ def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
     assert runs[1].returncode == -signal.SIGKILL
     interrupted_at = int(tf.train.latest_checkpoint(str(killed)).rsplit("-", 1)[1])
     assert interrupted_at < STEPS, "the run finished before it was killed"
+    [data] = killed.glob(f"ckpt-{interrupted_at}.data-*")
+    damage(data, "truncated")
     before_resume = training_scalars(killed)
     resumed = launch(killed)
 
@@ -82,8 +89,11 @@ def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
     assert "\x1b[" not in out and "\r" not in out and "\b" not in out
     reference = training_scalars(first)
     assert sorted(s for s, _ in reference["train/total_loss"]) == list(range(5, STEPS + 1, 5))
-    out = finish(resumed)
-    assert f"resumed from {killed}/ckpt-{interrupted_at}" in out
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from {killed}/ckpt-{interrupted_at - every}" in out
+    [warning] = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert f"{killed}/ckpt-{interrupted_at} cannot be read" in warning, warning
     expected = {tag: dict(points) for tag, points in reference.items()}
     logged = training_scalars(killed)
     # Summaries are flushed before each checkpoint: the killed process logged
