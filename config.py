@@ -75,8 +75,8 @@ SESSION_FLAGS = frozenset({
     "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
-    "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name", "tpu_zone",
-    "gcp_project", "cache_dataset", "deterministic"})
+    "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name",
+    "tpu_zone", "gcp_project", "cache_dataset", "deterministic"})
 
 # Flags that fix the encoder and projection head a checkpoint holds.
 # (--num_rand_bits fixes the input channels of its first convolution.)
