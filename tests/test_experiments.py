@@ -38,6 +38,8 @@ def result_of(out_dir, name):
      ["randbits.csv", "randbits_summary.csv", "randbits.png", "randbits.md"]),
     ("temperature_sweep", {"decoupled_lambda1.0_seed0": "representation/h/uniformity"},
      ["temperature_sweep.csv", "uniformity_tolerance.png", "tau_lambda.png"]),
+    ("hardness", {"hard_tau0.5_seed0": "representation/z/negative_entropy"},
+     ["hardness.csv", "hardness_summary.csv", "hardness.png", "hardness.md"]),
 ])
 def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, expected_runs,
                                                              outputs):
@@ -67,6 +69,21 @@ def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, exp
     lines = [line for line in other.stderr.splitlines() if line.strip()]
     assert other.returncode == 2 and len(lines) == 1, other.stderr
     assert "--train_steps=2" in lines[0] and "--train_steps=3" in lines[0], lines[0]
+
+
+def test_hardness_sweep_holds_every_loss_and_temperature_once_per_seed():
+    """ntxent and hard at every τ, simple once (it has no τ), × seeds; the
+    hard loss keeps the driver's K, and only the τ-swept losses get a τ."""
+    import hardness
+    runs = hardness.sweep_runs(["0", "1"], ["0.1", "1.0"], 7)
+    assert sorted(r.name for r in runs) == sorted(
+        [f"{loss}_tau{t}_seed{s}" for loss in ("ntxent", "hard") for t in (0.1, 1.0)
+         for s in (0, 1)] + ["simple_seed0", "simple_seed1"])
+    for spec in runs:
+        assert spec.flags["loss"] == spec.labels["loss"]
+        assert spec.flags.get("temperature") == spec.labels["tau"]
+        assert spec.flags.get("hard_num_negatives") == (7 if spec.labels["loss"] == "hard"
+                                                        else None)
 
 
 def test_bad_driver_flags_are_one_line_and_exit_status_2(tmp_path):
