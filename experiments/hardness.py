@@ -131,6 +131,7 @@ def _plot(summary, path):
 
 def main(argv):
     extra = sweep.driver_start(argv, FLAGS.run_flag)
+    sweep.refuse_swept(extra, ("loss", "temperature", "hard_num_negatives", "seed"))
     seeds, temperatures = FLAGS.seeds, FLAGS.temperatures
     if FLAGS.smoke:
         extra = dict(sweep.SMOKE_FLAGS, **extra)

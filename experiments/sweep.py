@@ -77,6 +77,15 @@ def driver_start(argv, run_flag_items):
         fail(e)
 
 
+def refuse_swept(extra, names):
+    """One line, exit 2, when a --run_flag item sets a flag the driver
+    sweeps (`names`): the driver's own flags set those."""
+    for name in names:
+        if name in extra:
+            fail(f"--run_flag={name}={extra[name]} sets a flag this driver sweeps "
+                 f"({', '.join(names)}); use the driver's own flags for it")
+
+
 def train_or_fail(runs, out_dir, log=print):
     """`run_all`, with a run directory trained with other flags reported in
     one line, exit 2."""

@@ -40,6 +40,9 @@ def result_of(out_dir, name):
      ["temperature_sweep.csv", "uniformity_tolerance.png", "tau_lambda.png"]),
     ("hardness", {"hard_tau0.5_seed0": "representation/z/negative_entropy"},
      ["hardness.csv", "hardness_summary.csv", "hardness.png", "hardness.md"]),
+    ("batch_size", {"dhel_batch16_seed0": "representation/h/effective_rank"},
+     ["batch_size.csv", "batch_size_summary.csv", "batch_size_accuracy.png",
+      "batch_size_rank.png", "batch_size.md"]),
 ])
 def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, expected_runs,
                                                              outputs):
@@ -86,10 +89,22 @@ def test_hardness_sweep_holds_every_loss_and_temperature_once_per_seed():
                                                         else None)
 
 
+def test_batch_size_sweep_holds_every_loss_and_batch_once_per_seed():
+    import batch_size
+    runs = batch_size.sweep_runs(["0", "1"], ["32", "512"], ["dcl", "kcl"])
+    assert sorted((r.flags["loss"], r.flags["train_batch_size"], r.flags["seed"])
+                  for r in runs) == sorted((loss, b, s) for loss in ("dcl", "kcl")
+                                           for b in (32, 512) for s in (0, 1))
+    assert all(r.labels["batch"] == r.flags["train_batch_size"] for r in runs)
+
+
 def test_bad_driver_flags_are_one_line_and_exit_status_2(tmp_path):
-    for args, words in ((["--study=nope"], ["--study", "randbits", "nope"]),
-                        (["--run_flag=seed"], ["--run_flag", "name=value"])):
-        done = driver("feature_suppression", f"--out_dir={tmp_path}", *args)
+    for name, args, words in (
+            ("feature_suppression", ["--study=nope"], ["--study", "randbits", "nope"]),
+            ("feature_suppression", ["--run_flag=seed"], ["--run_flag", "name=value"]),
+            ("batch_size", ["--run_flag=train_batch_size=64"],
+             ["--run_flag=train_batch_size=64", "sweeps"])):
+        done = driver(name, f"--out_dir={tmp_path}", *args)
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert all(word in lines[0] for word in words), lines[0]
