@@ -74,28 +74,36 @@ def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, exp
     assert "--train_steps=2" in lines[0] and "--train_steps=3" in lines[0], lines[0]
 
 
+def grid(name, call):
+    """[(run name, flags, labels)] of `name`.sweep_runs`call`, computed in a
+    fresh process: each driver defines its flags on absl's global FLAGS at
+    import, so two drivers cannot share one."""
+    code = (f"import json, {name}; print(json.dumps([(r.name, r.flags, r.labels) "
+            f"for r in {name}.sweep_runs{call}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "experiments"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def test_hardness_sweep_holds_every_loss_and_temperature_once_per_seed():
     """ntxent and hard at every τ, simple once (it has no τ), × seeds; the
     hard loss keeps the driver's K, and only the τ-swept losses get a τ."""
-    import hardness
-    runs = hardness.sweep_runs(["0", "1"], ["0.1", "1.0"], 7)
-    assert sorted(r.name for r in runs) == sorted(
+    runs = grid("hardness", '(["0", "1"], ["0.1", "1.0"], 7)')
+    assert sorted(name for name, _, _ in runs) == sorted(
         [f"{loss}_tau{t}_seed{s}" for loss in ("ntxent", "hard") for t in (0.1, 1.0)
          for s in (0, 1)] + ["simple_seed0", "simple_seed1"])
-    for spec in runs:
-        assert spec.flags["loss"] == spec.labels["loss"]
-        assert spec.flags.get("temperature") == spec.labels["tau"]
-        assert spec.flags.get("hard_num_negatives") == (7 if spec.labels["loss"] == "hard"
-                                                        else None)
+    for _, flags, labels in runs:
+        assert flags["loss"] == labels["loss"]
+        assert flags.get("temperature") == labels["tau"]
+        assert flags.get("hard_num_negatives") == (7 if labels["loss"] == "hard" else None)
 
 
 def test_batch_size_sweep_holds_every_loss_and_batch_once_per_seed():
-    import batch_size
-    runs = batch_size.sweep_runs(["0", "1"], ["32", "512"], ["dcl", "kcl"])
-    assert sorted((r.flags["loss"], r.flags["train_batch_size"], r.flags["seed"])
-                  for r in runs) == sorted((loss, b, s) for loss in ("dcl", "kcl")
-                                           for b in (32, 512) for s in (0, 1))
-    assert all(r.labels["batch"] == r.flags["train_batch_size"] for r in runs)
+    runs = grid("batch_size", '(["0", "1"], ["32", "512"], ["dcl", "kcl"])')
+    assert sorted((f["loss"], f["train_batch_size"], f["seed"]) for _, f, _ in runs) == sorted(
+        (loss, b, s) for loss in ("dcl", "kcl") for b in (32, 512) for s in (0, 1))
+    assert all(labels["batch"] == flags["train_batch_size"] for _, flags, labels in runs)
 
 
 def test_bad_driver_flags_are_one_line_and_exit_status_2(tmp_path):
