@@ -63,19 +63,15 @@ def sweep_runs(seeds, batch_sizes, losses, dataset="digits", data_dir=None, extr
 
 def write_outputs(runs, out_dir, seconds):
     """CSVs, table and the two figures; returns (summary rows, table)."""
-    rows = sweep.collect(runs, out_dir, KEYS)
-    for row, spec in zip(rows, runs):
-        row["seconds"] = round(seconds[spec.name], 1)
-    sweep.write_csv(rows, os.path.join(out_dir, "batch_size.csv"))
-    summary = sweep.summarise(rows, ["loss", "batch"], KEYS)
-    sweep.write_csv(summary, os.path.join(out_dir, "batch_size_summary.csv"))
+    _, summary = sweep.tabulate(runs, out_dir, seconds, KEYS, ["loss", "batch"], "batch_size")
     sweep.plot_lines(summary, "batch", "probe_top1", "loss",
                      os.path.join(out_dir, "batch_size_accuracy.png"),
-                     title="linear probe", xlabel="batch size", ylabel="probe top-1")
+                     title="linear probe", xlabel="batch size", ylabel="probe top-1",
+                     log2_x=True)
     sweep.plot_lines(summary, "batch", "representation/h/effective_rank", "loss",
                      os.path.join(out_dir, "batch_size_rank.png"),
                      title="effective rank of h", xlabel="batch size",
-                     ylabel="effective rank of h")
+                     ylabel="effective rank of h", log2_x=True)
     table = sweep.markdown_table(summary, ["loss", "batch", "n"],
                                  ["probe_top1", "knn_top1", "representation/h/effective_rank",
                                   "representation/z/effective_rank"])

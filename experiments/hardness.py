@@ -78,12 +78,7 @@ def sweep_runs(seeds, temperatures, hard_num_negatives, dataset="digits", data_d
 
 def write_outputs(runs, out_dir, seconds):
     """CSVs, table and figure; returns (summary rows, markdown table)."""
-    rows = sweep.collect(runs, out_dir, KEYS)
-    for row, spec in zip(rows, runs):
-        row["seconds"] = round(seconds[spec.name], 1)
-    sweep.write_csv(rows, os.path.join(out_dir, "hardness.csv"))
-    summary = sweep.summarise(rows, ["loss", "tau"], KEYS)
-    sweep.write_csv(summary, os.path.join(out_dir, "hardness_summary.csv"))
+    _, summary = sweep.tabulate(runs, out_dir, seconds, KEYS, ["loss", "tau"], "hardness")
     _plot(summary, os.path.join(out_dir, "hardness.png"))
     table = sweep.markdown_table(summary, ["loss", "tau", "n"],
                                  ["probe_top1"] + [f"representation/z/{m}" for m in METRICS])

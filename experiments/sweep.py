@@ -188,6 +188,23 @@ def collect(runs, out_dir, keys):
     return rows
 
 
+def tabulate(runs, out_dir, seconds, keys, group_by, name):
+    """The runs' rows (`collect`) with the wall seconds each took in this
+    call, written to OUT/<name>.csv, and their mean ± std over the rows
+    that share `group_by` (`summarise`), written to OUT/<name>_summary.csv.
+
+    Returns:
+        (rows, summary rows).
+    """
+    rows = collect(runs, out_dir, keys)
+    for row, spec in zip(rows, runs):
+        row["seconds"] = round(seconds[spec.name], 1)
+    write_csv(rows, os.path.join(out_dir, f"{name}.csv"))
+    summary = summarise(rows, group_by, keys)
+    write_csv(summary, os.path.join(out_dir, f"{name}_summary.csv"))
+    return rows, summary
+
+
 def summarise(rows, group_by, keys):
     """Rows of mean and standard deviation (ddof = 1; 0 for one seed) of
     `keys` over the rows that share the values of `group_by`, in the order
@@ -217,10 +234,10 @@ def write_csv(rows, path):
 
 
 def plot_lines(summary, x, y, line, path, title="", xlabel=None, ylabel=None,
-               panels=None, chance=None):
-    """A PNG of `y`_mean ± `y`_std against `x`, one line per value of
-    `line`, one panel per value of `panels` (if given); a dotted line at
-    `chance`. Returns the path."""
+               panels=None, chance=None, log2_x=False):
+    """A PNG of `y`_mean ± `y`_std against `x` (on a log2 axis with
+    `log2_x`), one line per value of `line`, one panel per value of
+    `panels` (if given); a dotted line at `chance`. Returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -237,6 +254,8 @@ def plot_lines(summary, x, y, line, path, title="", xlabel=None, ylabel=None,
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=str(value))
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        if log2_x:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)
         ax.set_title(f"{title} {panels}={panel}".strip() if panels else title, fontsize=9)

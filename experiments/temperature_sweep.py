@@ -66,12 +66,7 @@ def sweep_runs(seeds, temperatures, lambdas, lambda_losses, dataset="digits", da
 
 def write_outputs(runs, out_dir, seconds):
     """CSVs, table and the two figures; returns the summary rows."""
-    rows = sweep.collect(runs, out_dir, KEYS)
-    for row, spec in zip(rows, runs):
-        row["seconds"] = round(seconds[spec.name], 1)
-    sweep.write_csv(rows, os.path.join(out_dir, "temperature_sweep.csv"))
-    summary = sweep.summarise(rows, ["loss", "parameter", "value"], KEYS)
-    sweep.write_csv(summary, os.path.join(out_dir, "temperature_sweep_summary.csv"))
+    _, summary = sweep.tabulate(runs, out_dir, seconds, KEYS, ["loss", "parameter", "value"], "temperature_sweep")
     _plot_tradeoff(summary, os.path.join(out_dir, "uniformity_tolerance.png"))
     sweep.plot_lines(summary, "value", "probe_top1", "loss",
                      os.path.join(out_dir, "tau_lambda.png"),
