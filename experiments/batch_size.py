@@ -30,15 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", os.path.join("runs", "batch_size"),
-                    "Where the runs, tables and plots go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
+sweep.define_flags("batch_size")
+flags.adopt_module_key_flags(sweep)  # listed by --help as this driver's own
 flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "Global training batch sizes.")
 flags.DEFINE_list("losses", ["ntxent", "dcl", "dhel", "kcl"], "Losses, each at its defaults.")
-flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
-flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
-flags.DEFINE_multi_string("run_flag", [], "A run.py flag for every run, as name=value.")
-flags.DEFINE_bool("smoke", False, "A tiny sweep (one 2-step run) that checks the driver.")
 
 # A third of the digits preset's 60 epochs: the default sweep (12
 # settings, 3 seeds) in under an hour on 2 CPU cores.

@@ -37,18 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", os.path.join("runs", "hardness"),
-                    "Where the runs, tables and plots go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
+sweep.define_flags("hardness")
+flags.adopt_module_key_flags(sweep)  # listed by --help as this driver's own
 flags.DEFINE_list("temperatures", ["0.1", "0.2", "0.5", "1.0"],
                   "Temperatures of ntxent and hard.")
 flags.DEFINE_integer("hard_num_negatives", 42,
                      "Negatives the hard loss keeps per anchor: Wang & Liu keep the upper "
                      "α = 0.0819 of them, 42 of the 510 of the digits preset's batch of 256.")
-flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
-flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
-flags.DEFINE_multi_string("run_flag", [], "A run.py flag for every run, as name=value.")
-flags.DEFINE_bool("smoke", False, "A tiny sweep (one 2-step run) that checks the driver.")
 
 # Shorter than the digits preset's 60 epochs: the default sweep (9
 # settings, 3 seeds) in under an hour on 2 CPU cores.

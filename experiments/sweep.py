@@ -66,6 +66,21 @@ def fail(message):
     sys.exit(2)
 
 
+def define_flags(name):
+    """Defines the flags every one-study driver takes: --out_dir (default
+    runs/<name>), --seeds, --dataset, --data_dir, --run_flag and --smoke.
+    The driver adopts them (`flags.adopt_module_key_flags(sweep)`) so that
+    its --help lists them."""
+    from absl import flags
+    flags.DEFINE_string("out_dir", os.path.join("runs", name),
+                        "Where the runs, tables and plots go.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
+    flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
+    flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
+    flags.DEFINE_multi_string("run_flag", [], "A run.py flag for every run, as name=value.")
+    flags.DEFINE_bool("smoke", False, "A tiny sweep (one 2-step run) that checks the driver.")
+
+
 def driver_start(argv, run_flag_items):
     """What every driver's `main` checks first: no positional arguments, and
     its --run_flag items as {name: value}; a mistake is one line, exit 2."""

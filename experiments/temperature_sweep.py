@@ -28,17 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", os.path.join("runs", "temperature_sweep"),
-                    "Where the runs, tables and plots go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
+sweep.define_flags("temperature_sweep")
+flags.adopt_module_key_flags(sweep)  # listed by --help as this driver's own
 flags.DEFINE_list("temperatures", ["0.05", "0.1", "0.2", "0.5"], "NT-Xent temperatures.")
 flags.DEFINE_list("lambdas", ["0.3", "1.0", "3.0"],
                   "Weights λ of the distribution term of --lambda_losses.")
 flags.DEFINE_list("lambda_losses", ["decoupled", "swd"], "Losses swept over λ.")
-flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
-flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
-flags.DEFINE_multi_string("run_flag", [], "A run.py flag for every run, as name=value.")
-flags.DEFINE_bool("smoke", False, "A tiny sweep (one 2-step run) that checks the driver.")
 
 # Shorter than the digits preset's 60 epochs: the default sweep (10
 # settings, 3 seeds) in well under an hour on 2 CPU cores.
@@ -66,7 +61,8 @@ def sweep_runs(seeds, temperatures, lambdas, lambda_losses, dataset="digits", da
 
 def write_outputs(runs, out_dir, seconds):
     """CSVs, table and the two figures; returns the summary rows."""
-    _, summary = sweep.tabulate(runs, out_dir, seconds, KEYS, ["loss", "parameter", "value"], "temperature_sweep")
+    _, summary = sweep.tabulate(runs, out_dir, seconds, KEYS, ["loss", "parameter", "value"],
+                                "temperature_sweep")
     _plot_tradeoff(summary, os.path.join(out_dir, "uniformity_tolerance.png"))
     sweep.plot_lines(summary, "value", "probe_top1", "loss",
                      os.path.join(out_dir, "tau_lambda.png"),

@@ -18,6 +18,7 @@ import time
 import pytest
 import tensorflow as tf
 
+import checkpoint as checkpoint_lib
 from test_run import ROOT, command_line, damage, saved_groups, scalars
 
 STEPS = 40
@@ -77,7 +78,7 @@ def test_deterministic_runs_repeat_and_survive_sigkill(tmp_path):
     runs[1].send_signal(signal.SIGKILL)
     runs[1].communicate(timeout=60)
     assert runs[1].returncode == -signal.SIGKILL
-    interrupted_at = int(tf.train.latest_checkpoint(str(killed)).rsplit("-", 1)[1])
+    interrupted_at = checkpoint_lib.checkpoint_step(tf.train.latest_checkpoint(str(killed)))
     assert interrupted_at < STEPS, "the run finished before it was killed"
     [data] = killed.glob(f"ckpt-{interrupted_at}.data-*")
     damage(data, "truncated")
