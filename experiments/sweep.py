@@ -10,7 +10,9 @@ reads every run's `result.json` into rows; `summarise` gives mean and
 standard deviation over seeds; `write_csv` and `plot_lines` write the
 tables and figures.
 """
+import contextlib
 import csv
+import importlib
 import json
 import math
 import os
@@ -58,6 +60,32 @@ def _flag_value(value):
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def import_quietly(name):
+    """Imports the project's module `name` (from the repository root) with
+    what TensorFlow's C++ runtime writes to file descriptor 2 as it loads
+    hidden, as run.py does: a driver's error stays its only line. Left
+    alone when TF_CPP_MIN_LOG_LEVEL is set (the user asked for TF's logs)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return importlib.import_module(name)
+    with _native_stderr_hidden():
+        return importlib.import_module(name)
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def fail(message):
