@@ -152,7 +152,9 @@ def save(model, model_dir, step, keep):
 def export_in_subprocess(model_dir, prefix, step, keep):
     """Exports the checkpoint at `prefix` (of step `step`) of the run in
     `model_dir` from a TensorFlow-backend process: how a run trained under
-    another backend exports.
+    another backend exports. An empty `prefix` exports the untrained model
+    of the run's flags, initialised from its --seed (a random encoder to
+    compare a trained one with).
 
     Returns:
         The SavedModel's directory.
@@ -172,13 +174,17 @@ def export_in_subprocess(model_dir, prefix, step, keep):
 
 def _export_checkpoint(model_dir, prefix, step, keep):
     """Builds the model of the run's `flags.json`, restores the checkpoint
-    at `prefix` into it and exports it."""
+    at `prefix` into it (none when `prefix` is empty) and exports it."""
+    import keras
+
     import config
     import train_lib
     cfg = config.Config(config.read_record(model_dir))
     source = config.open_dataset(cfg.record())
+    keras.utils.set_random_seed(cfg.seed)
     model = train_lib.build_model(cfg, source.label_classes)
-    checkpoint_lib.restore_weights(model, prefix)
+    if prefix:
+        checkpoint_lib.restore_weights(model, prefix)
     return save(model, model_dir, step, keep)
 
 

@@ -65,14 +65,17 @@ def _flag_value(value):
 def import_quietly(name):
     """Imports the project's module `name` (from the repository root) with
     what TensorFlow's C++ runtime writes to file descriptor 2 as it loads
-    hidden, as run.py does: a driver's error stays its only line. Left
+    and finds its devices hidden, as run.py does: a driver's error stays its only line. Left
     alone when TF_CPP_MIN_LOG_LEVEL is set (the user asked for TF's logs)."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         return importlib.import_module(name)
     with _native_stderr_hidden():
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
+        if "tensorflow" in sys.modules:  # its devices announce themselves on first use
+            sys.modules["tensorflow"].config.list_physical_devices()
+    return module
 
 
 @contextlib.contextmanager
@@ -94,17 +97,19 @@ def fail(message):
     sys.exit(2)
 
 
-def define_flags(name):
+def define_flags(name, dataset=True):
     """Defines the flags every one-study driver takes: --out_dir (default
-    runs/<name>), --seeds, --dataset, --data_dir, --run_flag and --smoke.
-    The driver adopts them (`flags.adopt_module_key_flags(sweep)`) so that
-    its --help lists them."""
+    runs/<name>), --seeds, --dataset and --data_dir (unless not `dataset`:
+    a driver that chooses its datasets), --run_flag and --smoke. The driver
+    adopts them (`flags.adopt_module_key_flags(sweep)`) so that its --help
+    lists them."""
     from absl import flags
     flags.DEFINE_string("out_dir", os.path.join("runs", name),
                         "Where the runs, tables and plots go.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
-    flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
-    flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
+    if dataset:
+        flags.DEFINE_string("dataset", "digits", "The dataset (run.py --dataset).")
+        flags.DEFINE_string("data_dir", None, "Its --data_dir, if any.")
     flags.DEFINE_multi_string("run_flag", [], "A run.py flag for every run, as name=value.")
     flags.DEFINE_bool("smoke", False, "A tiny sweep (one 2-step run) that checks the driver.")
 

@@ -43,6 +43,10 @@ def result_of(out_dir, name):
     ("batch_size", {"dhel_batch16_seed0": "representation/h/effective_rank"},
      ["batch_size.csv", "batch_size_summary.csv", "batch_size_accuracy.png",
       "batch_size_rank.png", "batch_size.md"]),
+    ("loss_family", {"swd_uniform_hypercube_head1_lambda1_seed0":
+                     "representation/h/effective_rank"},
+     ["loss_family.csv", "loss_family_summary.csv", "loss_family.png", "tau_lambda.csv",
+      "tau_lambda.png", "loss_family.md"]),
 ])
 def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, expected_runs,
                                                              outputs):
@@ -106,12 +110,55 @@ def test_batch_size_sweep_holds_every_loss_and_batch_once_per_seed():
     assert all(labels["batch"] == flags["train_batch_size"] for _, flags, labels in runs)
 
 
+def test_loss_family_sweeps_head_depths_and_tau_lambda_sharing_their_common_runs():
+    """Head depth 0 is no head, 1 linear, d >= 2 nonlinear of d layers;
+    swd:PRIOR sets --prior; each loss's head-depth runs set its parameter
+    at its default, so the τ/λ sweep at the deepest head reuses them; the
+    best τ or λ of each loss is the one of highest mean probe accuracy."""
+    code = (
+        "import json, loss_family as lf\n"
+        "d, t = lf.sweep_runs(['0'], ['ntxent', 'swd:normal'], ['0', '1', '3'], ['0.1', '0.5'],"
+        " ['1.0', '3.0'], ['swd:normal'])\n"
+        "best = lf.best_settings([dict(loss='a', parameter='tau', value=v, probe_top1_mean=m,"
+        " probe_top1_std=0.01) for v, m in ((0.1, 0.5), (0.2, 0.7), (0.5, 0.6))])\n"
+        "print(json.dumps([[(r.name, r.flags, r.labels) for r in runs] for runs in (d, t)]"
+        " + [[id(r) for r in d], [id(r) for r in t], best]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "experiments"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    depth_runs, tl_runs, depth_ids, tl_ids, best = json.loads(done.stdout)
+    heads = {0: dict(proj_head_mode="none"), 1: dict(proj_head_mode="linear"),
+             3: dict(proj_head_mode="nonlinear", num_proj_layers=3)}
+    assert len(depth_runs) == 6
+    for name, flags, labels in depth_runs:
+        depth = labels["depth"]
+        assert {k: flags[k] for k in ("proj_head_mode", "num_proj_layers") if k in flags} == \
+            heads[depth], name
+        if labels["loss"] == "ntxent":
+            assert flags["loss"] == "ntxent" and flags["temperature"] == 0.1
+            assert "prior" not in flags
+        else:
+            assert (flags["loss"], flags["prior"], flags["lambda_weight"]) == ("swd", "normal", 1)
+    assert [(f["loss"], f.get("temperature"), f.get("lambda_weight"), f["num_proj_layers"])
+            for _, f, _ in tl_runs] == [("ntxent", 0.1, None, 3), ("ntxent", 0.5, None, 3),
+                                        ("swd", None, 1.0, 3), ("swd", None, 3.0, 3)]
+    shared = {n for n, _, _ in depth_runs} & {n for n, _, _ in tl_runs}
+    assert shared == {"ntxent_head3_tau0.1_seed0", "swd_normal_head3_lambda1_seed0"}
+    # The shared settings are one Run object, trained once.
+    assert len(set(depth_ids) | set(tl_ids)) == 8
+    assert [(b["best"], b["runner_up"]) for b in best] == [(0.2, 0.5)]
+
+
 def test_bad_driver_flags_are_one_line_and_exit_status_2(tmp_path):
     for name, args, words in (
             ("feature_suppression", ["--study=nope"], ["--study", "randbits", "nope"]),
             ("feature_suppression", ["--run_flag=seed"], ["--run_flag", "name=value"]),
             ("batch_size", ["--run_flag=train_batch_size=64"],
-             ["--run_flag=train_batch_size=64", "sweeps"])):
+             ["--run_flag=train_batch_size=64", "sweeps"]),
+            ("loss_family", ["--losses=ntxent:normal"], ["ntxent:normal", "swd:PRIOR"]),
+            ("loss_family", ["--lambda_losses=kcl"], ["kcl", "decoupled"]),
+            ("local_features", ["--datasets=digits"], ["--datasets=digits", "multi_digits"]),
+            ("local_features", ["--clusters=1"], ["--clusters", ">= 2"])):
         done = driver(name, f"--out_dir={tmp_path}", *args)
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2 and len(lines) == 1, done.stderr
