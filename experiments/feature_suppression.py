@@ -126,7 +126,7 @@ def run_study(study, out_dir, runs, column, log=print):
     keys = KEYS[study]
     rows = sweep.collect(runs, out_dir, keys)
     for row, spec in zip(rows, runs):
-        row["seconds"] = round(seconds[spec.name], 1)
+        row["seconds"] = None if seconds[spec.name] is None else round(seconds[spec.name], 1)
     sweep.write_csv(rows, os.path.join(out_dir, f"{study}.csv"))
     summary = sweep.summarise(rows, ["setting", column], keys)
     sweep.write_csv(summary, os.path.join(out_dir, f"{study}_summary.csv"))

@@ -24,6 +24,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_FILE = "result.json"
+# OUT/runs/<name>.seconds: the wall time of the run's training, its
+# column of the tables whichever call trained it.
+SECONDS_SUFFIX = ".seconds"
 # --smoke: 2-step runs of a tiny encoder, the drivers' check in the suite.
 SMOKE_FLAGS = dict(train_steps=2, checkpoint_steps=2, width_multiplier=0.125,
                    train_batch_size=32, eval_batch_size=100, image_size=8, log_every_steps=0)
@@ -169,7 +172,8 @@ def read_result(model_dir):
 
 def run_all(runs, out_dir, log=print):
     """Trains every run without a result.json, in order; returns the wall
-    seconds each run took in this call ({name: s}, 0 for runs already done).
+    seconds each run's training took ({name: s}), read back for runs done
+    by an earlier call (None for one that left no record of its time).
 
     Raises:
         ValueError: a run's directory holds a run with other flags
@@ -184,7 +188,7 @@ def run_all(runs, out_dir, log=print):
     for i, spec in enumerate(runs):
         model_dir = spec.model_dir(out_dir)
         if read_result(model_dir) is not None:
-            seconds[spec.name] = 0.0
+            seconds[spec.name] = _read_seconds(model_dir)
             continue
         log(f"[{i + 1}/{len(runs)}] {spec.name}")
         start = time.time()
@@ -197,7 +201,18 @@ def run_all(runs, out_dir, log=print):
                 tail = f.read()[-3000:]
             raise RuntimeError(f"run {spec.name} failed (exit {done.returncode}): "
                                f"{' '.join(spec.command(out_dir))}\n{tail}")
+        with open(model_dir + SECONDS_SUFFIX, "w") as f:
+            f.write(f"{seconds[spec.name]:.1f}\n")
     return seconds
+
+
+def _read_seconds(model_dir):
+    """The wall seconds `run_all` recorded for the run, or None."""
+    try:
+        with open(model_dir + SECONDS_SUFFIX) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _same(a, b):
@@ -237,8 +252,8 @@ def collect(runs, out_dir, keys):
 
 
 def tabulate(runs, out_dir, seconds, keys, group_by, name):
-    """The runs' rows (`collect`) with the wall seconds each took in this
-    call, written to OUT/<name>.csv, and their mean ± std over the rows
+    """The runs' rows (`collect`) with the wall seconds each took to train
+    (`run_all`), written to OUT/<name>.csv, and their mean ± std over the rows
     that share `group_by` (`summarise`), written to OUT/<name>_summary.csv.
 
     Returns:
@@ -246,7 +261,7 @@ def tabulate(runs, out_dir, seconds, keys, group_by, name):
     """
     rows = collect(runs, out_dir, keys)
     for row, spec in zip(rows, runs):
-        row["seconds"] = round(seconds[spec.name], 1)
+        row["seconds"] = None if seconds[spec.name] is None else round(seconds[spec.name], 1)
     write_csv(rows, os.path.join(out_dir, f"{name}.csv"))
     summary = summarise(rows, group_by, keys)
     write_csv(summary, os.path.join(out_dir, f"{name}_summary.csv"))
