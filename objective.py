@@ -63,7 +63,7 @@ ALIGN_EPSILON = 1e-12
 # ---------------------------------------------------------------------------
 
 def compute_loss(name, z1, z2, *, z1_all=None, z2_all=None, replica_id=0,
-                 seed=None, **params):
+                 seed=None, chunk_size=None, **params):
     """Returns the contrastive loss `name` of the pairs (z1_i, z2_i).
 
     Args:
@@ -78,6 +78,9 @@ def compute_loss(name, z1, z2, *, z1_all=None, z2_all=None, replica_id=0,
         seed: randomness of `swd` when its noise is not supplied: None (a
             fresh draw on every call), an int (repeatable) or a
             `keras.random.SeedGenerator`.
+        chunk_size: None, or an int C >= 1 for ntxent, dcl, dhel and
+            decoupled: the same loss, computed over blocks of C candidate
+            rows in O(n C) memory instead of O(n B) (`chunked_loss`).
         **params: the loss's parameters, see `LOSS_PARAMS[name]` for the
             accepted names and their defaults.
 
@@ -87,7 +90,8 @@ def compute_loss(name, z1, z2, *, z1_all=None, z2_all=None, replica_id=0,
 
     Raises:
         ValueError: unknown loss, prior or kernel, a parameter the loss does
-            not accept, or inconsistent shapes.
+            not accept, inconsistent shapes, or a chunk_size the loss has no
+            chunked form for.
     """
     if name not in LOSS_PARAMS:
         raise ValueError(
@@ -99,6 +103,9 @@ def compute_loss(name, z1, z2, *, z1_all=None, z2_all=None, replica_id=0,
             f"it accepts: {', '.join(LOSS_PARAMS[name])}.")
     kwargs = dict(LOSS_PARAMS[name], **params)
     views = _Views(z1, z2, z1_all, z2_all, replica_id)
+    if chunk_size is not None:
+        import chunked_loss  # here, not at the top: it builds on this module
+        return chunked_loss.compute_loss(name, views, chunk_size, **kwargs)
     if name == "swd":
         kwargs["seed"] = seed
     return _LOSS_FUNCTIONS[name](views, **kwargs)
