@@ -27,6 +27,7 @@ import os
 import re
 import time
 
+import chunked_loss
 import datasets
 import model as model_lib
 import objective
@@ -69,9 +70,10 @@ PRESET_OWNERS = {
 }
 
 # Flags that may change between the commands of one run: where data and
-# outputs live, evaluation, run length, checkpoint and log cadence, devices.
+# outputs live, evaluation, run length, checkpoint and log cadence, devices,
+# and the loss's blocks (the same loss in other memory).
 SESSION_FLAGS = frozenset({
-    "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size",
+    "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "loss_chunk_size",
     "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
@@ -412,7 +414,8 @@ def _check_flags(cfg, present, defaults):
             raise UsageError(f"--{flag} applies to the online probe: --train_mode=pretrain "
                              "or autoencoder with --lineareval_while_pretraining")
     if cfg["train_mode"] != "pretrain":
-        for flag in ("loss",) + tuple(f for f in LOSS_FLAGS if f not in SHARED_LOSS_FLAGS):
+        for flag in ("loss", "loss_chunk_size") + tuple(f for f in LOSS_FLAGS
+                                                         if f not in SHARED_LOSS_FLAGS):
             if flag in present and cfg[flag] != defaults[flag]:
                 raise UsageError(f"--{flag} applies to --train_mode=pretrain only (not "
                                  f"--train_mode={cfg['train_mode']})")
@@ -446,6 +449,9 @@ def _resolve_loss(values, present, explicit):
                      if param in objective.LOSS_PARAMS[name] and (only is None or name in only)]
             raise UsageError(f"--{flag} does not apply to --loss={loss}; it applies to "
                              f"--loss={'|'.join(users)}")
+    if values["loss_chunk_size"] is not None and loss not in chunked_loss.LOSSES:
+        raise UsageError(f"--loss_chunk_size does not apply to --loss={loss}, which has no "
+                         f"chunked form; it applies to --loss={'|'.join(chunked_loss.LOSSES)}")
     if loss == "swd" and params["hidden_norm"] is None:
         params["hidden_norm"] = params["prior"] == "uniform_hypersphere"
     if loss == "simple" and params["lambda_weight"] is None:
@@ -474,6 +480,8 @@ def validators():
                  "temperature", "align_alpha", "unif_t",
                  "hard_num_negatives"):
         checks.append((name, lambda v: v is None or v > 0, f"--{name} must be > 0"))
+    checks.append(("loss_chunk_size", lambda v: v is None or v >= 1,
+                   "--loss_chunk_size must be >= 1 (candidate rows per block)"))
     for name in ("learning_rate", "warmup_epochs", "weight_decay", "train_epochs",
                  "train_steps", "eval_steps", "checkpoint_epochs", "checkpoint_steps",
                  "sk_ratio", "se_ratio", "color_jitter_strength", "lambda_weight",

@@ -174,6 +174,10 @@ flags.DEFINE_enum("kcl_kernel", None, list(CHOICES["kcl_kernel"]), "kcl: kernel 
 flags.DEFINE_float("kcl_t", None, "kcl: kernel parameter t (default 2; > 0, or != 0 for riesz).")
 flags.DEFINE_float("kcl_gamma", None, "kcl: weight γ of the uniformity term (default 16).")
 flags.DEFINE_integer("hard_num_negatives", None, "hard: negatives kept per anchor (default all).")
+flags.DEFINE_integer("loss_chunk_size", None,
+                     "ntxent/dcl/dhel/decoupled: the same loss computed over blocks of this many "
+                     "candidate rows, its memory growing with n·C instead of n·B (unset: whole "
+                     "matrices).")
 flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
 flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
 flags.DEFINE_integer("num_rand_bits", 0,

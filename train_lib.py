@@ -184,7 +184,8 @@ class Objective:
             params["projection_noise"] = self.normal_noise((dim, dim), step, 0)
             params["prior_noise"] = self.normal_noise((rows, dim), step, 1)
         loss = objective.compute_loss(cfg.loss, z1, z2, z1_all=z1_all, z2_all=z2_all,
-                                      replica_id=replica_id, **params)
+                                      replica_id=replica_id, chunk_size=cfg.loss_chunk_size,
+                                      **params)
         accuracy, entropy = objective.contrastive_accuracy_and_entropy(
             z1, z2, z2_all=z2_all, replica_id=replica_id, temperature=cfg.temperature,
             hidden_norm=self.summary_hidden_norm)

@@ -232,6 +232,12 @@ BAD_FLAGS = {
                            ["dhel_include_augs", "dcl", "dhel"]),
     "partial_without_checkpoint": (["--train_mode=finetune", "--partial_checkpoint"],
                                    ["--partial_checkpoint", "--checkpoint"]),
+    "loss_chunk_size_zero": (["--loss_chunk_size=0"], ["--loss_chunk_size", ">= 1"]),
+    "loss_chunk_size_unchunked_loss": (["--loss=kcl", "--loss_chunk_size=8"],
+                                       ["--loss_chunk_size", "--loss=kcl",
+                                        "ntxent|decoupled|dcl|dhel"]),
+    "loss_chunk_size_in_finetune": (["--train_mode=finetune", "--loss_chunk_size=8"],
+                                    ["--loss_chunk_size", "pretrain", "finetune"]),
 }
 
 
@@ -538,6 +544,31 @@ def test_variants_train_and_their_loss_flags_reach_the_loss_and_the_record(
     assert all(saved[k] == v for k, v in flags.items())
     if flags["loss"] == "swd":  # the hypercube prior trains unnormalised, and says so
         assert saved["hidden_norm"] is False
+
+
+def test_chunked_loss_trains_the_same_losses_and_may_change_on_resume(tmp_path, monkeypatch):
+    """--loss_chunk_size=5 (batch 32: blocks of 5 rows, the last one of 2)
+    reaches the loss, is recorded, and trains the losses of the whole
+    matrices step for step (--deterministic: the same batches); a run may
+    resume without it, the same loss in other memory."""
+    recorder = Recorder(monkeypatch)
+    losses = {}
+    for chunk_size in (None, 5):
+        model_dir = tmp_path / f"chunk_{chunk_size}"
+        flags = dict(mode="train", deterministic=True, log_every_steps=1)
+        if chunk_size is not None:
+            flags["loss_chunk_size"] = chunk_size
+        train(model_dir, **flags)
+        assert read_json(model_dir / "flags.json")["loss_chunk_size"] == chunk_size
+        losses[chunk_size] = scalars(model_dir)["train/contrast_loss"]
+    assert {call["chunk_size"] for call in recorder.calls} == {None, 5}
+    assert [step for step, _ in losses[5]] == [1, 2]
+    np.testing.assert_allclose([v for _, v in losses[5]], [v for _, v in losses[None]],
+                               rtol=1e-5)
+    # Resuming the chunked run without the flag is not refused.
+    cfg, _ = configs.resolve(**dict(TINY, model_dir=str(tmp_path / "chunk_5"), mode="train",
+                                    deterministic=True, train_steps=3))
+    assert cfg.loss_chunk_size is None
 
 
 def test_simple_loss_records_the_lambda_it_used(tmp_path):
