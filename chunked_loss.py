@@ -5,16 +5,22 @@ matrices against the B global candidates, so memory grows with n * B.  The
 losses of `LOSSES` need those matrices only through one log-sum-exp per
 anchor, which `streaming_logsumexp` computes over blocks of C candidate rows
 with a running maximum and sum; its backward pass recomputes each block
-instead of keeping the matrix, so forward and backward hold one [n, C] block
-at a time (`objective.compute_loss(..., chunk_size=C)`).
+instead of keeping the matrix, so forward and backward hold a few [n, C]
+blocks at a time (`objective.compute_loss(..., chunk_size=C)`).
 
 The losses here have exactly the semantics, parameters and distribution
 contract of their namesakes in `objective.py`, whose helpers they share (the
 views, their normalisation and the anchors' global indices), so the two
-paths differ only in the order of floating-point summation.  The other
-losses are not chunked: `hard` needs a top-k over each whole row, `kcl`,
-`simple` and `align_uniform` sum kernels rather than exponentials (they
-could be chunked the same way, but without a custom gradient), and `swd`
+paths differ only in the order of floating-point summation.  NT-Xent and DCL
+stream the 2n anchors [z1; z2] against the 2B rows H = [z1_all; z2_all] in
+one pass: a z1 anchor's same-view candidates are the first B columns of H
+and its other-view ones the last B, and the reverse for a z2 anchor, so the
+columns a loss leaves out (the anchor's own row, and for DCL its positive)
+are one or two column indices per anchor.
+
+The other losses are not chunked: `hard` needs a top-k over each whole row,
+`kcl`, `simple` and `align_uniform` sum kernels rather than exponentials
+(they could be chunked likewise, with a gradient of their own), and `swd`
 has no n x B matrix.
 
 Only `keras` and `keras.ops` are used, so the module runs on any backend.
@@ -50,7 +56,7 @@ def compute_loss(name, views, chunk_size, **params):
 
 
 def streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=None):
-    """LSE_i = log sum_{j != e_i} exp(a_i . c_j / tau), block by block.
+    """LSE_i = log sum_{j not in E_i} exp(a_i . c_j / tau), block by block.
 
     Args:
         anchors: [n, d] rows a_i (float32; normalised by the caller when the
@@ -59,23 +65,22 @@ def streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=No
         temperature: tau, a number or a scalar tensor.
         chunk_size: C, candidate rows per block; the last block holds the
             remaining m mod C rows when C does not divide m.
-        exclude: None (every column counts) or [n] int32 column indices e_i
-            left out of row i's sum, e.g. each anchor's own global index
-            `replica_id * n + i`.
+        exclude: the columns E_i left out of row i's sum: None (none), [n]
+            int column indices (one per anchor, e.g. its own global index
+            `replica_id * n + i`) or [n, k] (k per anchor).
 
-    Forward, per block K of columns, from m_i = -inf and l_i = 0:
-        s = a c_K^T / tau, -inf at (i, e_i),
-        m'_i = max(m_i, max_{j in K} s_ij),
-        l_i <- l_i exp(m_i - m'_i) + sum_{j in K} exp(s_ij - m'_i),
-    and LSE_i = m_i + log l_i.  Backward, for the upstream gradient g [n],
+    Forward, per block K of columns, from M_i = -inf and S_i = 0:
+        s = a c_K^T / tau, -inf at the excluded (i, j),
+        M'_i = max(M_i, max_{j in K} s_ij),
+        S_i <- S_i exp(M_i - M'_i) + sum_{j in K} exp(s_ij - M'_i),
+    and LSE_i = M_i + log S_i.  Backward, for the upstream gradient g [n],
     recomputing s block by block:
-        p = exp(s - LSE[:, None]), 0 at (i, e_i),
+        p = exp(s - LSE[:, None]), 0 at the excluded (i, j),
         dL/da += (g p) c_K / tau,    dL/dc_K = (g p)^T a / tau.
-    Memory: one [n, C] block at a time, not the [n, m] matrix.
 
     Returns:
-        [n] float32; -inf for a row whose every column is excluded (m = 1),
-        with a zero gradient.
+        [n] float32; -inf for a row whose every column is excluded, with a
+        zero gradient.
 
     Raises:
         ValueError: a candidate count unknown at trace time.
@@ -88,61 +93,108 @@ def streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=No
     anchors = ops.cast(anchors, "float32")
     candidates = ops.cast(candidates, "float32")
     masked = exclude is not None
-    if not masked:
-        exclude = ops.zeros((ops.shape(anchors)[0],), "int32")
+    if masked:
+        exclude = ops.cast(exclude, "int32")
+        if len(exclude.shape) == 1:
+            exclude = exclude[:, None]
+    else:
+        exclude = ops.zeros((ops.shape(anchors)[0], 1), "int32")
     # tau is applied to the anchors outside the custom gradient, so autodiff
     # supplies its 1/tau factors and, for a tensor tau, its gradient.
     scaled = anchors / temperature
-    blocks = tuple((start, min(chunk_size, count - start))
-                   for start in range(0, count, chunk_size))
-    return _block_logsumexp(blocks, masked)(scaled, candidates,
-                                            ops.cast(exclude, "int32"))
+    return _block_logsumexp(count, min(chunk_size, count), masked)(
+        scaled, candidates, exclude)
 
 
-def _block_logsumexp(blocks, masked):
-    """The custom-gradient LSE of `streaming_logsumexp` with tau = 1, over
-    the static column blocks (start, size).  Every tensor it reads is an
-    argument: under JAX a custom gradient must not close over traced values."""
+def _block_logsumexp(count, chunk_size, masked):
+    """The custom-gradient LSE of `streaming_logsumexp` with tau = 1 over
+    `count` candidate rows: the count // C full blocks in a loop, then the
+    partial one.
 
-    def block_logits(scaled, candidates, exclude, start, size):
-        block = candidates[start:start + size]
+    Loops, not unrolled blocks: unrolled, every block is ready at once and
+    TensorFlow's executor may compute them all before reducing any, and the
+    backward pass's recomputed logits, identical to the forward's, are merged
+    with them by common-subexpression elimination (XLA, Grappler), which
+    keeps the whole matrix alive.  The forward pass is an `ops.scan`
+    (sequential under both backends), the backward an `ops.while_loop` that
+    writes each block's gradient with `ops.slice_update`.  Every tensor the
+    custom gradient reads is an argument: under JAX it must not close over
+    traced values."""
+    full_blocks = count // chunk_size
+    full_rows = full_blocks * chunk_size
+
+    def block_logits(scaled, block, start, exclude):
+        """(logits, mask) of the candidate rows `block` from column `start`."""
         logits = ops.matmul(scaled, ops.transpose(block))
         if not masked:
-            return block, logits, None
-        columns = start + ops.arange(size, dtype="int32")
-        mask = ops.equal(exclude[:, None], columns[None, :])
-        return block, ops.where(mask, -np.inf, logits), mask
+            return logits, None
+        columns = start + ops.arange(ops.shape(block)[0], dtype="int32")
+        mask = ops.any(ops.equal(exclude[:, :, None], columns[None, None, :]), axis=1)
+        return ops.where(mask, -np.inf, logits), mask
 
     @ops.custom_gradient
     def logsumexp(scaled, candidates, exclude):
-        running_max = ops.full((ops.shape(scaled)[0],), -np.inf, "float32")
-        running_sum = ops.zeros((ops.shape(scaled)[0],), "float32")
-        for start, size in blocks:
-            _, logits, _ = block_logits(scaled, candidates, exclude, start, size)
+        dim = candidates.shape[1]
+
+        def accumulate(carry, block_and_start):
+            running_max, running_sum = carry
+            logits, _ = block_logits(scaled, *block_and_start, exclude)
             new_max = ops.maximum(running_max, ops.max(logits, axis=1))
             # While every column seen is excluded the maximum is -inf; shifting
             # by 0 then keeps exp(-inf - shift) = 0 instead of exp(nan).
             shift = ops.where(ops.isfinite(new_max), new_max, 0.0)
             running_sum = (running_sum * ops.exp(running_max - shift)
                            + ops.sum(ops.exp(logits - shift[:, None]), axis=1))
-            running_max = new_max
-        finite_max = ops.where(ops.isfinite(running_max), running_max, 0.0)
-        value = finite_max + ops.log(running_sum)
+            return (new_max, running_sum), None
+
+        rows = ops.shape(scaled)[0]
+        carry = (ops.full((rows,), -np.inf, "float32"), ops.zeros((rows,), "float32"))
+        if full_blocks:
+            blocks = ops.reshape(candidates[:full_rows], (full_blocks, chunk_size, dim))
+            starts = ops.arange(full_blocks, dtype="int32") * chunk_size
+            carry, _ = ops.scan(accumulate, carry, (blocks, starts))
+        if full_rows < count:
+            carry, _ = accumulate(carry, (candidates[full_rows:], full_rows))
+        running_max, running_sum = carry
+        value = ops.where(ops.isfinite(running_max), running_max, 0.0) + ops.log(running_sum)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            grad_scaled = ops.zeros_like(scaled)
-            grad_blocks = []
-            for start, size in blocks:
-                block, logits, mask = block_logits(scaled, candidates, exclude, start, size)
+
+            def block_grads(block, start):
+                """(dL/dscaled, dL/dblock) of one block."""
+                logits, mask = block_logits(scaled, block, start, exclude)
                 weights = upstream[:, None] * ops.exp(logits - value[:, None])
                 if masked:
                     # Explicitly 0, not exp(-inf - LSE): a fully excluded row
                     # has LSE = -inf and would give exp(nan).
                     weights = ops.where(mask, 0.0, weights)
-                grad_scaled = grad_scaled + ops.matmul(weights, block)
-                grad_blocks.append(ops.matmul(ops.transpose(weights), scaled))
+                return ops.matmul(weights, block), ops.matmul(ops.transpose(weights), scaled)
+
+            def backward(index, grad_scaled, grad_full):
+                start = index * chunk_size
+                block = ops.slice(candidates, (start, 0), (chunk_size, dim))
+                grad_rows, grad_block = block_grads(block, start)
+                # 1, computed from this block's gradient so that the next
+                # block waits for it: TensorFlow's while loops otherwise run
+                # up to 10 iterations ahead, each holding its block.
+                step = ops.minimum(ops.cast(ops.isfinite(grad_rows[0, 0]), "int32") + 1, 1)
+                return (index + step, grad_scaled + grad_rows,
+                        ops.slice_update(grad_full, (start, 0), grad_block))
+
+            grad_scaled = ops.zeros_like(scaled)
+            grad_blocks = []
+            if full_blocks:
+                _, grad_scaled, grad_full = ops.while_loop(
+                    lambda index, *_: index < full_blocks, backward,
+                    (ops.zeros((), "int32"), grad_scaled,
+                     ops.zeros((full_rows, dim), "float32")))
+                grad_blocks.append(grad_full)
+            if full_rows < count:
+                grad_rows, grad_last = block_grads(candidates[full_rows:], full_rows)
+                grad_scaled = grad_scaled + grad_rows
+                grad_blocks.append(grad_last)
             grad_candidates = (grad_blocks[0] if len(grad_blocks) == 1
                                else ops.concatenate(grad_blocks, axis=0))
             return grad_scaled, grad_candidates, None
@@ -156,41 +208,47 @@ def _block_logsumexp(blocks, masked):
 # The losses; formulas in the docstrings of their namesakes in objective.py.
 # ---------------------------------------------------------------------------
 
+def _both_views(views):
+    """(anchors [z1; z2], candidates H = [z1_all; z2_all], each anchor's own
+    column of H, its positive's column of H)."""
+    anchors = ops.concatenate([views.z1, views.z2], axis=0)
+    candidates = ops.concatenate([views.z1_all, views.z2_all], axis=0)
+    index, rows = views.global_index, views.global_rows
+    own = ops.concatenate([index, index + rows], axis=0)
+    positive = ops.concatenate([index + rows, index], axis=0)
+    return anchors, candidates, own, positive
+
+
 def _ntxent(views, temperature, hidden_norm, chunk_size):
-    """NT-Xent: la_i = -ab_ii + logaddexp(LSE_j ab_ij, LSE_{j != i} aa_ij),
-    the [ab ; aa] row's log-sum-exp from the two blocks' streaming ones."""
+    """NT-Xent: la_i = -ab_ii + LSE_j([ab_ij ; aa_ij (j != i)]), lb_i alike;
+    the sum of the two directions' means is twice the mean over the 2n
+    anchors of LSE over H without the anchor's own row, minus the positive."""
     objective._check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
-    total = 0.0
-    for anchor, partner, same_all, other_all in views.directions():
-        positive = objective._rowdot(anchor, partner) / temperature
-        cross = streaming_logsumexp(anchor, other_all, temperature, chunk_size)
-        same = streaming_logsumexp(anchor, same_all, temperature, chunk_size,
-                                   exclude=views.global_index)
-        total += ops.mean(ops.logaddexp(cross, same) - positive)
-    return total
+    anchors, candidates, own, _ = _both_views(views)
+    lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=own)
+    positive = objective._rowdot(views.z1, views.z2) / temperature
+    return 2.0 * ops.mean(lse - ops.concatenate([positive, positive], axis=0))
 
 
 def _dcl(views, temperature, hidden_norm, chunk_size):
-    """DCL: la_i = -ab_ii + logaddexp(LSE_{j != i} ab_ij, LSE_{j != i} aa_ij)."""
+    """DCL: la_i = -ab_ii + LSE_j([ab_ij (j != i) ; aa_ij (j != i)]): as
+    NT-Xent, without the positive's column of H as well."""
     objective._check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
-    total = 0.0
-    for anchor, partner, same_all, other_all in views.directions():
-        positive = objective._rowdot(anchor, partner) / temperature
-        cross = streaming_logsumexp(anchor, other_all, temperature, chunk_size,
-                                    exclude=views.global_index)
-        same = streaming_logsumexp(anchor, same_all, temperature, chunk_size,
-                                   exclude=views.global_index)
-        total += ops.mean(ops.logaddexp(cross, same) - positive)
-    return total
+    anchors, candidates, own, positive_column = _both_views(views)
+    lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size,
+                              exclude=ops.stack([own, positive_column], axis=1))
+    positive = objective._rowdot(views.z1, views.z2) / temperature
+    return 2.0 * ops.mean(lse - ops.concatenate([positive, positive], axis=0))
 
 
 def _dhel(views, temperature, include_augs, chunk_size):
     """DHEL: mean_i [-z1_i . z2_i / tau + LSE_{j != i}(z1_i . z1_j / tau)
-    + (if include_augs) LSE_{j != i}(z2_i . z2_j / tau)]."""
+    + (if include_augs) LSE_{j != i}(z2_i . z2_j / tau)], one stream per
+    view (each view's anchors see only their own view)."""
     objective._check_positive("temperature", temperature)
     views = views.normalized()
     loss = -objective._rowdot(views.z1, views.z2) / temperature
@@ -210,8 +268,7 @@ def _decoupled(views, temperature, lambda_weight, scale, hidden_norm, chunk_size
     objective._check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
-    anchors = ops.concatenate([views.z1, views.z2], axis=0)
-    candidates = ops.concatenate([views.z1_all, views.z2_all], axis=0)
+    anchors, candidates, _, _ = _both_views(views)
     lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size)
     dist = ops.mean(lse - math.log(views.dim))
     return scale * (objective._alignment(views) + lambda_weight * dist)

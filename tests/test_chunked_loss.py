@@ -2,10 +2,10 @@
 whole-matrix ones (values and gradients, on one device and in a replica
 layout), and the streaming log-sum-exp against float64 numpy.
 
-Chunk sizes are chosen per candidate count m (B for ntxent, dcl, dhel; 2B
-for decoupled): 1 (every block one column, so an anchor's own column fills a
-block alone), one that divides m, one that does not (a partial last block),
-and one larger than m (a single block).
+Chunk sizes are chosen per candidate count m (the 2B rows [z1_all; z2_all]
+for ntxent, dcl and decoupled, B for dhel): 1 (every block one column, so
+an anchor's own column fills a block alone), one that divides m, one that
+does not (a partial last block), and one larger than m (a single block).
 """
 import keras
 import numpy as np
@@ -45,7 +45,7 @@ LAYOUTS = {"single": (6, 1), "replica1of2": (3, 2)}
 
 def candidate_count(name, layout):
     rows, replicas = LAYOUTS[layout]
-    return (2 if name == "decoupled" else 1) * rows * replicas
+    return (1 if name == "dhel" else 2) * rows * replicas
 
 
 def chunk_sizes(count):
