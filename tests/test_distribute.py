@@ -23,6 +23,7 @@ import pytest
 import tensorflow as tf
 
 import checkpoint
+import chunked_loss
 import configs
 import objective
 import train_lib
@@ -220,18 +221,25 @@ def test_probe_optimizer_steps_match_on_two_replicas(trained_on_both):
     assert probe_kernel and not np.allclose(single[f"model/{probe_kernel[0]}"], start[probe_kernel[0]])
 
 
-LOSS_CASES = [(loss, None) for loss in objective.LOSSES] + [
-    ("swd", "uniform_hypercube"), ("swd", "normal")]
+# (loss, --prior, --loss_chunk_size): every loss, and the chunked ones in
+# blocks of 3 of the 16 gathered rows (the last block partial).
+LOSS_CASES = [(loss, None, None) for loss in objective.LOSSES] + [
+    ("swd", "uniform_hypercube", None), ("swd", "normal", None)] + [
+    (loss, None, 3) for loss in chunked_loss.LOSSES]
 
 
-@pytest.mark.parametrize("loss,prior", LOSS_CASES,
-                         ids=[loss + (f"-{prior}" if prior else "") for loss, prior in LOSS_CASES])
-def test_every_loss_mirrored_matches_single_device(strategies, loss, prior):
+@pytest.mark.parametrize("loss,prior,chunk_size", LOSS_CASES,
+                         ids=[loss + (f"-{prior}" if prior else "")
+                              + (f"-chunk{chunk_size}" if chunk_size else "")
+                              for loss, prior, chunk_size in LOSS_CASES])
+def test_every_loss_mirrored_matches_single_device(strategies, loss, prior, chunk_size):
     """Objective.contrastive, the trainer's loss wiring (flags resolved as
     run.py resolves them, negatives gathered across replicas, SWD noise shared
     by the replicas), on projections z = tanh(x W): same loss and same
     gradient of W on 2 replicas as on one device."""
     overrides = {"prior": prior} if prior else {}
+    if chunk_size:
+        overrides["loss_chunk_size"] = chunk_size
     cfg = tiny_config(loss, **overrides)
     rng = np.random.RandomState(3)
     views = rng.normal(size=(GLOBAL_BATCH, 2, 12)).astype(np.float32)
