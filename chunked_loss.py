@@ -129,8 +129,10 @@ def _block_logsumexp(count, chunk_size, masked):
         logits = ops.matmul(scaled, ops.transpose(block))
         if not masked:
             return logits, None
-        columns = start + ops.arange(ops.shape(block)[0], dtype="int32")
-        mask = ops.any(ops.equal(exclude[:, :, None], columns[None, None, :]), axis=1)
+        columns = start + ops.arange(ops.shape(block)[0], dtype="int32")[None, :]
+        mask = ops.equal(exclude[:, :1], columns)
+        for k in range(1, exclude.shape[1]):
+            mask = ops.logical_or(mask, ops.equal(exclude[:, k:k + 1], columns))
         return ops.where(mask, -np.inf, logits), mask
 
     @ops.custom_gradient
