@@ -19,7 +19,11 @@ flags (`export.export_in_subprocess` with no checkpoint). For the first
   by how strongly);
 - the cluster map, upsampled to the image (nearest), is scored per digit
   mask M by its best-matching IoU, max_c |C_c ∩ M| / |C_c ∪ M|, averaged
-  over the images whose mask is not empty.
+  over the images whose mask is not empty. M holds the digit's visible
+  pixels: those of the dataset's mask whose grey value (the brightest
+  channel) is at least `--mask_threshold` (0: the dataset's mask as it
+  is, which for a resized digit also holds the faint fringe bilinear
+  resizing leaves around its strokes).
 
 The same score of k-means on the raw pixel values is the reference of what
 colour alone separates.
@@ -28,13 +32,14 @@ colour alone separates.
     python experiments/local_features.py --datasets=multi_digits --clusters=4 --seeds=0,1,2
     python experiments/local_features.py --smoke
 
+Every encoder's cluster maps are kept (OUT/scores/<run>_<encoder>.npz),
+so scoring against other masks (`--mask_threshold`) computes no feature.
 Writes OUT/local_features.csv (one row per run, encoder, block group and
 mask), OUT/local_features_summary.csv (mean ± std over seeds),
 OUT/local_features.md, OUT/local_features.png (IoU against block group,
 trained against random, pixels dotted) and OUT/cluster_maps_<dataset>.png
 (images, masks and the cluster maps of seed 0's encoders). Runs live in
-OUT/runs/, random encoders in OUT/random/, each encoder's scores and maps
-in OUT/scores/<run>_<encoder>.npz; none is computed twice.
+OUT/runs/, random encoders in OUT/random/; none is computed twice.
 """
 import os
 import shutil
@@ -56,6 +61,9 @@ flags.DEFINE_list("datasets", ["digits_on_photos", "multi_digits"],
 flags.DEFINE_integer("clusters", 3, "k of k-means per image and block group.")
 flags.DEFINE_integer("num_images", 100, "Test images scored per encoder.")
 flags.DEFINE_integer("num_shown", 6, "Images in each cluster-map figure.")
+flags.DEFINE_integer("mask_threshold", 128,
+                     "Grey value from which a pixel of a digit's mask counts as the digit's "
+                     "(0: the dataset's masks as they are).")
 
 BLOCK_GROUPS = ("block_group1", "block_group2", "block_group3", "block_group4")
 ENCODERS = ("trained", "random")
@@ -127,27 +135,30 @@ def masks_of(source, split):
     return tuple(source.label_names), masks
 
 
-def score_maps(maps, masks, k, num_shown):
-    """Best-matching IoUs and the shown images' cluster maps.
-
-    Args:
-        maps: {block group: float [N, h, w, c]} (or pixels under one key).
-        masks: bool [N, M, S, S].
-
-    Returns:
-        (iou float [N, len(maps), M], cluster ids int [num_shown,
-        len(maps), S, S]).
-    """
-    n, m, size = masks.shape[0], masks.shape[1], masks.shape[-1]
-    iou = np.full((n, len(maps), m), np.nan)
-    shown = np.zeros((min(num_shown, n), len(maps), size, size), np.int64)
+def cluster_maps(maps, k, size):
+    """uint8 [N, len(maps), size, size]: the upsampled k-means cluster map of
+    every image of each of `maps` ({block group: float [N, h, w, c]}, or the
+    pixels under the key "pixels", clustered on raw values)."""
+    n = len(next(iter(maps.values())))
+    ids = np.zeros((n, len(maps), size, size), np.uint8)
     for b, (name, features) in enumerate(maps.items()):
         for i in range(n):
-            ids = upsample(cluster_map(features[i], k, normalise=name != "pixels"), size)
-            iou[i, b] = [best_iou(ids, masks[i, j]) for j in range(m)]
-            if i < len(shown):
-                shown[i, b] = ids
-    return iou, shown
+            ids[i, b] = upsample(cluster_map(features[i], k, normalise=name != "pixels"), size)
+    return ids
+
+
+def visible(images, masks, threshold):
+    """The pixels of `masks` (bool [N, M, S, S]) whose grey value in `images`
+    (uint8 [N, S, S, C], its brightest channel) is at least `threshold`."""
+    return masks & (images.max(axis=-1) >= threshold)[:, None]
+
+
+def scores(ids, masks):
+    """float [N, B, M]: the best-matching IoU of cluster maps `ids` [N, B, S,
+    S] with each mask of `masks` [N, M, S, S] (NaN for an empty mask)."""
+    n, blocks, m = ids.shape[0], ids.shape[1], masks.shape[1]
+    return np.array([[[best_iou(ids[i, b], masks[i, j]) for j in range(m)]
+                      for b in range(blocks)] for i in range(n)]).reshape(n, blocks, m)
 
 
 def encoder_maps(saved_model_dir, images, batch=50):
@@ -203,13 +214,13 @@ def test_data(run_dir, num_images):
     return images[:num_images], names, masks[:num_images]
 
 
-def score_run(spec, out_dir, k, num_images, num_shown):
-    """{encoder: (iou, shown)} of the run's trained and random encoders and
-    of the pixels, each read from OUT/scores/ or computed and saved there;
-    plus the images and mask names."""
+def run_cluster_maps(spec, out_dir, k, num_images):
+    """{encoder: cluster ids [N, B, S, S]} of the run's trained and random
+    encoders and of the pixels, each read from OUT/scores/ or computed and
+    saved there; plus the images, mask names and masks."""
     run_dir = spec.model_dir(out_dir)
     images, names, masks = test_data(run_dir, num_images)
-    scores = {}
+    ids = {}
     for encoder in ENCODERS + ("pixels",):
         path = os.path.join(out_dir, SCORES_DIR, f"{spec.name}_{encoder}.npz")
         if not os.path.exists(path):
@@ -219,23 +230,24 @@ def score_run(spec, out_dir, k, num_images, num_shown):
                 model = (trained_encoder(run_dir) if encoder == "trained"
                          else random_encoder(run_dir, out_dir))
                 maps = encoder_maps(model, images)
-            iou, shown = score_maps(maps, masks, k, num_shown)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            np.savez(path + ".partial.npz", iou=iou, shown=shown, k=k)
+            np.savez(path + ".partial.npz", ids=cluster_maps(maps, k, masks.shape[-1]), k=k)
             os.replace(path + ".partial.npz", path)
         with np.load(path) as saved:
-            if int(saved["k"]) != k or len(saved["iou"]) != len(images):
-                sweep.fail(f"{path} was scored with other --clusters or --num_images: "
-                           "use another --out_dir, or delete it to score again")
-            scores[encoder] = (saved["iou"], saved["shown"])
-    return scores, images, names, masks
+            if int(saved["k"]) != k or len(saved["ids"]) != len(images):
+                sweep.fail(f"{path} holds the clusters of other --clusters or --num_images: "
+                           "use another --out_dir, or delete it to cluster again")
+            ids[encoder] = saved["ids"]
+    return ids, images, names, masks
 
 
-def rows_of(spec, scores, names):
+def rows_of(spec, ids, names, masks):
     """CSV rows {dataset, seed, encoder, block, mask, iou, images} of one
-    run: the mean IoU over the images whose mask is not empty."""
+    run: the mean best-matching IoU over the images whose mask is not
+    empty."""
     rows = []
-    for encoder, (iou, _) in scores.items():
+    for encoder, maps in ids.items():
+        iou = scores(maps, masks)
         blocks = ("pixels",) if encoder == "pixels" else BLOCK_GROUPS
         for b, block in enumerate(blocks):
             for j, mask in enumerate(names):
@@ -252,8 +264,8 @@ def write_outputs(rows, shown, out_dir):
     summary = sweep.summarise(rows, ["dataset", "mask", "encoder", "block"], ["iou"])
     sweep.write_csv(summary, os.path.join(out_dir, "local_features_summary.csv"))
     _plot_iou(summary, os.path.join(out_dir, "local_features.png"))
-    for dataset, (images, names, masks, scores) in shown.items():
-        _plot_maps(images, names, masks, scores,
+    for dataset, (images, names, masks, ids) in shown.items():
+        _plot_maps(images, names, masks, ids,
                    os.path.join(out_dir, f"cluster_maps_{dataset}.png"))
     table = sweep.markdown_table(summary, ["dataset", "mask", "encoder", "block", "n"], ["iou"])
     with open(os.path.join(out_dir, "local_features.md"), "w") as f:
@@ -292,7 +304,7 @@ def _plot_iou(summary, path):
     fig.savefig(path)
 
 
-def _plot_maps(images, names, masks, scores, path):
+def _plot_maps(images, names, masks, ids, path):
     """A row per shown image: the image, its masks (one colour each), and
     the cluster maps of each encoder's block groups and of the pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -302,7 +314,7 @@ def _plot_maps(images, names, masks, scores, path):
     columns += [(f"{e} {b.replace('block_group', 'bg')}", (e, j))
                 for e in ENCODERS for j, b in enumerate(BLOCK_GROUPS)]
     columns.append(("pixels", ("pixels", 0)))
-    n = len(scores["trained"][1])
+    n = len(images)
     fig = Figure(figsize=(1.3 * len(columns), 1.4 * n + 0.3), dpi=100)
     FigureCanvasAgg(fig)
     for i in range(n):
@@ -323,7 +335,7 @@ def _plot_maps(images, names, masks, scores, path):
                 ax.imshow(label, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
             else:
                 encoder, b = which
-                ax.imshow(scores[encoder][1][i, b], cmap="tab10", vmin=0, vmax=9,
+                ax.imshow(ids[encoder][i, b], cmap="tab10", vmin=0, vmax=9,
                           interpolation="nearest")
     fig.tight_layout()
     fig.savefig(path)
@@ -334,8 +346,9 @@ def main(argv):
     sweep.refuse_swept(extra, ("dataset", "seed", "keep_hub_module_max"))
     seeds, names = FLAGS.seeds, FLAGS.datasets
     num_images, num_shown = FLAGS.num_images, FLAGS.num_shown
-    if FLAGS.clusters < 2 or num_images < 1 or num_shown < 0:
-        sweep.fail("--clusters must be >= 2, --num_images >= 1 and --num_shown >= 0")
+    if FLAGS.clusters < 2 or num_images < 1 or num_shown < 0 or FLAGS.mask_threshold < 0:
+        sweep.fail("--clusters must be >= 2, --num_images >= 1, --num_shown >= 0 and "
+                   "--mask_threshold >= 0")
     if FLAGS.smoke:
         extra = dict(sweep.SMOKE_FLAGS, **extra)
         # One run, of the dataset with two masks, and a few images.
@@ -349,10 +362,13 @@ def main(argv):
     sweep.train_or_fail(runs, FLAGS.out_dir)
     rows, shown = [], {}
     for spec in runs:
-        scores, images, mask_names, masks = score_run(spec, FLAGS.out_dir, FLAGS.clusters,
-                                                      num_images, num_shown)
-        rows += rows_of(spec, scores, mask_names)
-        shown.setdefault(spec.labels["dataset"], (images, mask_names, masks, scores))
+        ids, images, mask_names, masks = run_cluster_maps(spec, FLAGS.out_dir, FLAGS.clusters,
+                                                          num_images)
+        masks = visible(images, masks, FLAGS.mask_threshold)
+        rows += rows_of(spec, ids, mask_names, masks)
+        shown.setdefault(spec.labels["dataset"], (
+            images[:num_shown], mask_names, masks[:num_shown],
+            {encoder: maps[:num_shown] for encoder, maps in ids.items()}))
     print(write_outputs(rows, shown, FLAGS.out_dir))
 
 

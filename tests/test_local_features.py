@@ -114,26 +114,29 @@ def test_smoke_scores_a_trained_and_a_random_encoder_and_resumes(tmp_path):
     assert len(rows) == (2 * 4 + 1) * 2
 
     from datasets import multi_digits
-    _, _, masks = multi_digits.generate("test")
+    images, _, dataset_masks = multi_digits.generate("test")
+    images, dataset_masks = images[:4], dataset_masks[:4]
+    # The default --mask_threshold: the mask pixels at least half bright,
+    # fewer than the dataset's masks and none of them dim.
+    masks = dataset_masks & (images[..., 0] >= 128)[:, None]
+    assert 0 < masks.sum() < dataset_masks.sum()
     for encoder in ("trained", "random", "pixels"):
         with np.load(os.path.join(out, "scores", f"multi_digits_seed0_{encoder}.npz")) as saved:
-            iou, shown = saved["iou"], saved["shown"]
-        # The IoUs of the shown images are those of their cluster maps.
-        for i in range(len(shown)):
-            for b in range(shown.shape[1]):
-                for j in range(2):
-                    assert iou[i, b, j] == pytest.approx(
-                        iou_by_counting(shown[i, b], masks[i, j]), abs=1e-12)
-        # Each CSV row is its mean over the scored images.
+            ids = saved["ids"]
+        assert ids.shape == (4, 1 if encoder == "pixels" else 4, 32, 32)
+        # Each CSV row is the mean of the best IoU of the maps over the
+        # images whose mask is not empty.
         for row in rows:
             if row["encoder"] == encoder:
                 b = 0 if encoder == "pixels" else lf.BLOCK_GROUPS.index(row["block"])
                 j = ("large", "small").index(row["mask"])
-                assert float(row["iou"]) == pytest.approx(np.nanmean(iou[:, b, j]), rel=1e-12)
+                expected = np.mean([iou_by_counting(ids[i, b], masks[i, j])
+                                    for i in range(4) if masks[i, j].any()])
+                assert float(row["iou"]) == pytest.approx(expected, abs=1e-12)
         if encoder != "pixels":
             # block_group4 of a 32 px image is 4x4: its map is constant on 8x8 cells.
-            coarse = shown[:, 3, ::8, ::8]
-            assert np.array_equal(shown[:, 3], np.kron(coarse, np.ones((1, 8, 8), np.int64)))
+            coarse = ids[:, 3, ::8, ::8]
+            assert np.array_equal(ids[:, 3], np.kron(coarse, np.ones((1, 8, 8), np.uint8)))
 
     # The random encoder has the run's flags and weights other than the trained ones'.
     with open(os.path.join(out, "runs", "multi_digits_seed0", "flags.json")) as f:
@@ -145,15 +148,22 @@ def test_smoke_scores_a_trained_and_a_random_encoder_and_resumes(tmp_path):
     assert open(os.path.join(trained, "variables", "variables.data-00000-of-00001"), "rb").read() \
         != open(os.path.join(random, "variables", "variables.data-00000-of-00001"), "rb").read()
 
-    # A second call trains and scores nothing.
+    # A second call trains and clusters nothing; another threshold rescores
+    # the same maps.
     stamps = {name: os.path.getmtime(os.path.join(out, "scores", name))
               for name in os.listdir(os.path.join(out, "scores"))}
-    again = driver("--smoke", f"--out_dir={out}")
+    again = driver("--smoke", f"--out_dir={out}", "--mask_threshold=0")
     assert again.returncode == 0, again.stderr
     assert "[1/" not in again.stdout
+    with open(os.path.join(out, "local_features.csv")) as f:
+        pixels = [r for r in csv.DictReader(f) if r["encoder"] == "pixels"]
+    with np.load(os.path.join(out, "scores", "multi_digits_seed0_pixels.npz")) as saved:
+        ids = saved["ids"]
+    assert float(pixels[0]["iou"]) == pytest.approx(
+        np.mean([iou_by_counting(ids[i, 0], dataset_masks[i, 0]) for i in range(4)]), abs=1e-12)
     assert stamps == {name: os.path.getmtime(os.path.join(out, "scores", name))
                       for name in os.listdir(os.path.join(out, "scores"))}
-    # Scores of another k are not read as this call's: one line, exit 2.
+    # Clusters of another k are not read as this call's: one line, exit 2.
     other = driver("--smoke", f"--out_dir={out}", "--clusters=4")
     lines = [line for line in other.stderr.splitlines() if line.strip()]
     assert other.returncode == 2 and len(lines) == 1, other.stderr
