@@ -74,6 +74,19 @@ def test_cluster_map_groups_locations_by_direction_not_norm():
     assert np.array_equal(lf.cluster_map(np.ones((3, 3, 2)), 3), np.zeros((3, 3)))
 
 
+def test_visible_keeps_the_mask_pixels_at_least_the_threshold_on_the_brightest_channel():
+    images = np.zeros((1, 2, 3, 3), np.uint8)
+    images[0, 0, :, 0] = [127, 128, 255]  # red channel of the first row
+    images[0, 1, 0, 2] = 200              # blue channel, outside mask 0
+    masks = np.zeros((1, 2, 2, 3), bool)
+    masks[0, 0, 0] = True                 # mask 0: the first row
+    masks[0, 1] = True                    # mask 1: everything
+    kept = lf.visible(images, masks, 128)
+    assert kept[0, 0].tolist() == [[False, True, True], [False, False, False]]
+    assert kept[0, 1].tolist() == [[False, True, True], [True, False, False]]
+    assert np.array_equal(lf.visible(images, masks, 0), masks)
+
+
 def test_masks_of_names_each_mask():
     class OneMask:
         def digit_masks(self, split):
