@@ -215,7 +215,7 @@ def parse_args(argv):
                         help="C of the chunked losses (0: whole-matrix only)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--max_mib", type=float, default=4096,
+    parser.add_argument("--max_mib", type=int, default=4096,
                         help="skip a measurement estimated to need more")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
