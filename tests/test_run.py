@@ -916,7 +916,10 @@ def test_checkpoint_of_the_original_tf1_release_is_refused(tmp_path, capfd):
     and what was expected, exit status 2, before anything is trained."""
     prefix = str(tmp_path / "tf1" / "model.ckpt-100")
     with tf.Graph().as_default():
-        tf.compat.v1.get_variable("base_model/conv2d/kernel", shape=[3, 3, 3, 8])
+        # A constant initialiser: a --deterministic run earlier in this
+        # process turns on op determinism, which refuses unseeded random ops.
+        tf.compat.v1.get_variable("base_model/conv2d/kernel", shape=[3, 3, 3, 8],
+                                  initializer=tf.compat.v1.zeros_initializer())
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
