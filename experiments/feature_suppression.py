@@ -124,12 +124,7 @@ def run_study(study, out_dir, runs, column, log=print):
     start = time.time()
     seconds = sweep.train_or_fail(runs, out_dir, log=log)
     keys = KEYS[study]
-    rows = sweep.collect(runs, out_dir, keys)
-    for row, spec in zip(rows, runs):
-        row["seconds"] = None if seconds[spec.name] is None else round(seconds[spec.name], 1)
-    sweep.write_csv(rows, os.path.join(out_dir, f"{study}.csv"))
-    summary = sweep.summarise(rows, ["setting", column], keys)
-    sweep.write_csv(summary, os.path.join(out_dir, f"{study}_summary.csv"))
+    _, summary = sweep.tabulate(runs, out_dir, seconds, keys, ["setting", column], study)
     path = os.path.join(out_dir, f"{study}.png")
     if study == "randbits":
         sweep.plot_lines(summary, column, "probe_top1", "setting", path, title="RandBits",
