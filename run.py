@@ -20,33 +20,13 @@ Every user mistake ends with one line `run.py: error: ...` and exit status 2;
 a non-finite loss or gradient stops training with one line and exit status 3;
 the loss of another worker of a multi-worker run, with one line and 4.
 """
-import contextlib
 import importlib
 import os
 import shlex
 import sys
 import time
 
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Hides what TensorFlow's C++ runtime writes to file descriptor 2 while
-    it loads (oneDNN and missing-CUDA notices): those lines bypass every log
-    level, and a user's error message should be the only line they see. Left
-    alone when the user sets TF_CPP_MIN_LOG_LEVEL to ask for TF's logs."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
+import native_stderr
 
 # TensorFlow's x86 wheels turn their oneDNN kernels on only for CPUs with
 # AVX512-VNNI or newer; on AVX2-only CPUs (AMD EPYC, most laptops) they are
@@ -58,7 +38,7 @@ if any(arg in ("--deterministic", "--deterministic=true") for arg in sys.argv[1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_gpu_deterministic_ops=true").strip()
 
-with _quiet_native_stderr():
+with native_stderr.hidden():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import keras

@@ -10,7 +10,6 @@ reads every run's `result.json` into rows; `summarise` gives mean and
 standard deviation over seeds; `write_csv` and `plot_lines` write the
 tables and figures.
 """
-import contextlib
 import csv
 import importlib
 import json
@@ -68,30 +67,16 @@ def _flag_value(value):
 def import_quietly(name):
     """Imports the project's module `name` (from the repository root) with
     what TensorFlow's C++ runtime writes to file descriptor 2 as it loads
-    and finds its devices hidden, as run.py does: a driver's error stays its only line. Left
-    alone when TF_CPP_MIN_LOG_LEVEL is set (the user asked for TF's logs)."""
+    and finds its devices hidden (`native_stderr.hidden`), as run.py does:
+    a driver's error stays its only line."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return importlib.import_module(name)
-    with _native_stderr_hidden():
+    import native_stderr
+    with native_stderr.hidden():
         module = importlib.import_module(name)
         if "tensorflow" in sys.modules:  # its devices announce themselves on first use
             sys.modules["tensorflow"].config.list_physical_devices()
     return module
-
-
-@contextlib.contextmanager
-def _native_stderr_hidden():
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def fail(message):
