@@ -207,6 +207,79 @@ def _block_logsumexp(count, chunk_size, masked):
     return logsumexp
 
 
+def streaming_accuracy_and_entropy(anchors, candidates, targets, temperature, chunk_size):
+    """(acc, entropy) of `objective.contrastive_accuracy_and_entropy`, block
+    by block: for s_ij = a_i . c_j / tau over blocks K of C candidate rows,
+    from M_i = -inf, S_i = 0, T_i = 0 and A_i = 0,
+        M'_i = max(M_i, max_{j in K} s_ij),  A_i <- argmax_j s_ij so far
+            (first index on ties, as argmax over the whole row),
+        S_i <- S_i e^{M_i - M'_i} + sum_{j in K} e^{s_ij - M'_i},
+        T_i <- e^{M_i - M'_i} (T_i + (M_i - M'_i) S_i)
+               + sum_{j in K} e^{s_ij - M'_i} (s_ij - M'_i),
+    where T_i = sum_j e^{s_ij - M_i} (s_ij - M_i) keeps every term near 0
+    for accuracy; then, with p_i = softmax(s_i),
+        entropy_i = -sum_j p_ij log p_ij = log S_i - T_i / S_i,
+        acc = mean_i [A_i == targets_i],  entropy = mean_i entropy_i.
+
+    A summary, not a loss: no gradient flows to `anchors` or `candidates`.
+
+    Args:
+        anchors: [n, d] rows a_i (normalised by the caller when asked).
+        candidates: [m, d] rows c_j, m static.
+        targets: [n] int column index of each anchor's positive.
+        temperature: tau.
+        chunk_size: C.
+
+    Returns:
+        (acc, entropy), two float32 scalars.
+    """
+    count = candidates.shape[0]
+    if count is None:
+        raise ValueError(
+            "Chunked summaries need a candidate row count known at trace time, got "
+            f"candidates of shape {tuple(candidates.shape)}; pass chunk_size=None.")
+    chunk_size = min(int(chunk_size), count)
+    scaled = ops.stop_gradient(ops.cast(anchors, "float32")) / temperature
+    candidates = ops.stop_gradient(ops.cast(candidates, "float32"))
+    full_blocks, dim = count // chunk_size, candidates.shape[1]
+    full_rows = full_blocks * chunk_size
+
+    def accumulate(carry, block_and_start):
+        running_max, best, running_sum, running_t = carry
+        block, start = block_and_start
+        logits = ops.matmul(scaled, ops.transpose(block))
+        block_max = ops.max(logits, axis=1)
+        block_best = ops.cast(ops.argmax(logits, axis=1), "int32") + start
+        # Strictly greater: on a tie the earlier block keeps its index.
+        best = ops.where(block_max > running_max, block_best, best)
+        new_max = ops.maximum(running_max, block_max)
+        # M = -inf before the first block, where S = T = 0: nothing to carry.
+        seen = ops.isfinite(running_max)
+        gap = ops.where(seen, running_max - new_max, 0.0)
+        decay = ops.where(seen, ops.exp(gap), 0.0)
+        shifted = logits - new_max[:, None]
+        weights = ops.exp(shifted)
+        running_t = (decay * (running_t + gap * running_sum)
+                     + ops.sum(weights * shifted, axis=1))
+        running_sum = decay * running_sum + ops.sum(weights, axis=1)
+        return (new_max, best, running_sum, running_t), None
+
+    rows = ops.shape(scaled)[0]
+    carry = (ops.full((rows,), -np.inf, "float32"), ops.zeros((rows,), "int32"),
+             ops.zeros((rows,), "float32"), ops.zeros((rows,), "float32"))
+    if full_blocks:
+        blocks = ops.reshape(candidates[:full_rows], (full_blocks, chunk_size, dim))
+        starts = ops.arange(full_blocks, dtype="int32") * chunk_size
+        carry, _ = ops.scan(accumulate, carry, (blocks, starts))
+    if full_rows < count:
+        carry, _ = accumulate(carry, (candidates[full_rows:], full_rows))
+    _, best, running_sum, running_t = carry
+    hits = ops.equal(best, ops.cast(targets, "int32"))
+    accuracy = ops.mean(ops.cast(hits, "float32"))
+    entropy = ops.mean(ops.log(running_sum) - running_t / running_sum)
+    return accuracy, entropy
+
+
 # ---------------------------------------------------------------------------
 # The losses; formulas in the docstrings of their namesakes in objective.py.
 # ---------------------------------------------------------------------------

@@ -133,13 +133,16 @@ def sliced_wasserstein(x, y, projection):
 
 
 def contrastive_accuracy_and_entropy(z1, z2, *, z2_all=None, replica_id=0,
-                                     temperature=0.1, hidden_norm=True):
+                                     temperature=0.1, hidden_norm=True, chunk_size=None):
     """Summaries of the original trainer: contrastive accuracy and entropy.
 
     Uses only the B cross-view candidates of each local anchor:
         logits_ij = z1_i . z2_all_j / tau   (rows L2-normalised if hidden_norm),
         acc       = mean_i [argmax_j logits_ij == g_i],  g_i = replica_id*n + i,
         entropy   = mean_i -sum_j p_ij log p_ij,  p_i = softmax(logits_i).
+
+    With `chunk_size` C, the same summaries over blocks of C candidates in
+    O(n C) memory (`chunked_loss.streaming_accuracy_and_entropy`).
 
     Returns:
         (acc, entropy), two float32 scalars.
@@ -154,10 +157,15 @@ def contrastive_accuracy_and_entropy(z1, z2, *, z2_all=None, replica_id=0,
     _check_rows("z2_all", z2_all, z1, same_rows=False)
     if hidden_norm:
         z1, z2_all = l2_normalize(z1), l2_normalize(z2_all)
+    targets = _global_index(replica_id, _rows(z1)[1])
+    if chunk_size is not None:
+        import chunked_loss  # here, not at the top: it builds on this module
+        return chunked_loss.streaming_accuracy_and_entropy(
+            z1, z2_all, targets, temperature, chunk_size)
     logits = _logits(z1, z2_all, temperature)
     # argmax returns int32 on some backends and int64 on others.
     predicted = ops.cast(ops.argmax(logits, axis=1), "int32")
-    hits = ops.equal(predicted, _global_index(replica_id, _rows(z1)[1]))
+    hits = ops.equal(predicted, targets)
     accuracy = ops.mean(ops.cast(hits, "float32"))
     log_p = ops.log_softmax(logits, axis=1)
     entropy = ops.mean(-ops.sum(ops.exp(log_p) * log_p, axis=1))

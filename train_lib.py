@@ -188,7 +188,7 @@ class Objective:
                                       **params)
         accuracy, entropy = objective.contrastive_accuracy_and_entropy(
             z1, z2, z2_all=z2_all, replica_id=replica_id, temperature=cfg.temperature,
-            hidden_norm=self.summary_hidden_norm)
+            hidden_norm=self.summary_hidden_norm, chunk_size=cfg.loss_chunk_size)
         return loss, dict(contrast_loss=loss, contrast_acc=accuracy, contrast_entropy=entropy)
 
     def reconstruction(self, features, reconstruction):

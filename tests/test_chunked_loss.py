@@ -141,6 +141,80 @@ def test_large_batch_at_small_temperature_matches_the_whole_matrix():
 
 
 # ---------------------------------------------------------------------------
+# The streaming summaries (contrastive accuracy and entropy).
+# ---------------------------------------------------------------------------
+
+def np_accuracy_and_entropy(z1, z2_all, replica_id, temperature, hidden_norm):
+    """(acc, entropy) in float64 from the whole [n, B] matrix."""
+    a, c = z1.astype(np.float64), z2_all.astype(np.float64)
+    if hidden_norm:
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    logits = a @ c.T / temperature
+    targets = replica_id * len(a) + np.arange(len(a))
+    log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    entropy = -np.sum(np.exp(log_p) * log_p, axis=1)
+    return np.mean(np.argmax(logits, axis=1) == targets), np.mean(entropy)
+
+
+# Raw rows: a shared offset of norm 6 and spread 0.05 at tau = 0.05, logits
+# ~720 (past float32's exp without the running max) that differ by a few
+# units (an entropy far from 0).
+@pytest.mark.parametrize("hidden_norm,temperature,offset,scale",
+                         [(True, 0.5, 0.0, 1.0), (False, 0.05, 2.0, 0.05)])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_chunked_accuracy_and_entropy_match_numpy(layout, hidden_norm, temperature, offset,
+                                                  scale):
+    rows, replicas = LAYOUTS[layout]
+    rng = np.random.RandomState(41)
+    z2_all = 2 * rng.randn(rows * replicas, 9)
+    # Half the anchors near their positive, half far: accuracy strictly
+    # between 0 and 1, so a wrong target or argmax shows.
+    noise = np.where(np.arange(rows * replicas)[:, None] % 2, 3.0, 0.2)
+    z1_all = z2_all + noise * rng.randn(rows * replicas, 9)
+    z1_all, z2_all = [(offset + scale * z).astype(np.float32) for z in (z1_all, z2_all)]
+    replica_id = replicas - 1
+    z1 = z1_all[replica_id * rows:(replica_id + 1) * rows]
+    z2 = z2_all[replica_id * rows:(replica_id + 1) * rows]
+    acc_np, ent_np = np_accuracy_and_entropy(z1, z2_all, replica_id, temperature, hidden_norm)
+    assert 0 < acc_np < 1 and ent_np > 0.1
+    for chunk_size in chunk_sizes(rows * replicas):
+        acc, ent = objective.contrastive_accuracy_and_entropy(
+            z1, z2, z2_all=z2_all, replica_id=replica_id, temperature=temperature,
+            hidden_norm=hidden_norm, chunk_size=chunk_size)
+        assert dtype_name(acc) == dtype_name(ent) == "float32"
+        assert float(acc) == pytest.approx(acc_np), chunk_size
+        np.testing.assert_allclose(float(ent), ent_np, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"chunk_size={chunk_size}")
+
+
+def test_chunked_accuracy_keeps_the_first_of_tied_candidates():
+    """Replica 0's 2 anchors against 7 equal candidates: argmax over the
+    whole row is column 0, so anchor 0 scores and anchor 1 does not; a
+    block that starts later must not take over on the tie. The softmax is
+    uniform: entropy log 7."""
+    local, everyone = np.ones((2, 3), np.float32), np.ones((7, 3), np.float32)
+    for chunk_size in (None, 1, 2, 3, 7):
+        acc, ent = objective.contrastive_accuracy_and_entropy(
+            local, local, z2_all=everyone, replica_id=0, chunk_size=chunk_size)
+        assert float(acc) == 0.5, chunk_size
+        assert float(ent) == pytest.approx(np.log(7), rel=1e-6), chunk_size
+
+
+def test_chunked_summaries_carry_no_gradient():
+    z1, z2 = random_views(6, 4, seed=8)
+
+    def summaries(a, b):
+        acc, ent = objective.contrastive_accuracy_and_entropy(a, b, chunk_size=4)
+        return acc + ent
+
+    value, grads = value_and_grad(summaries, z1, z2)
+    assert np.isfinite(float(value))
+    for g in grads:
+        assert g is None or not np.any(np.asarray(g)), g
+
+
+# ---------------------------------------------------------------------------
 # The streaming log-sum-exp against float64 numpy.
 # ---------------------------------------------------------------------------
 

@@ -548,10 +548,19 @@ def test_variants_train_and_their_loss_flags_reach_the_loss_and_the_record(
 
 def test_chunked_loss_trains_the_same_losses_and_may_change_on_resume(tmp_path, monkeypatch):
     """--loss_chunk_size=5 (batch 32: blocks of 5 rows, the last one of 2)
-    reaches the loss, is recorded, and trains the losses of the whole
-    matrices step for step (--deterministic: the same batches); a run may
-    resume without it, the same loss in other memory."""
+    reaches the loss, is recorded, and trains the losses and summaries of
+    the whole matrices step for step (--deterministic: the same batches); a
+    run may resume without it, the same loss in other memory."""
+    summaries = ("contrast_loss", "contrast_acc", "contrast_entropy")
     recorder = Recorder(monkeypatch)
+    summary_chunk_sizes = []
+    whole_summaries = objective.contrastive_accuracy_and_entropy
+
+    def recorded_summaries(*args, **kwargs):
+        summary_chunk_sizes.append(kwargs.get("chunk_size"))
+        return whole_summaries(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "contrastive_accuracy_and_entropy", recorded_summaries)
     losses = {}
     for chunk_size in (None, 5):
         model_dir = tmp_path / f"chunk_{chunk_size}"
@@ -560,11 +569,14 @@ def test_chunked_loss_trains_the_same_losses_and_may_change_on_resume(tmp_path, 
             flags["loss_chunk_size"] = chunk_size
         train(model_dir, **flags)
         assert read_json(model_dir / "flags.json")["loss_chunk_size"] == chunk_size
-        losses[chunk_size] = scalars(model_dir)["train/contrast_loss"]
+        logged = scalars(model_dir)
+        losses[chunk_size] = {name: logged[f"train/{name}"] for name in summaries}
     assert {call["chunk_size"] for call in recorder.calls} == {None, 5}
-    assert [step for step, _ in losses[5]] == [1, 2]
-    np.testing.assert_allclose([v for _, v in losses[5]], [v for _, v in losses[None]],
-                               rtol=1e-5)
+    assert set(summary_chunk_sizes) == {None, 5}  # the summaries' [n, B] matrix too
+    assert [step for step, _ in losses[5]["contrast_loss"]] == [1, 2]
+    for name in summaries:
+        np.testing.assert_allclose([v for _, v in losses[5][name]],
+                                   [v for _, v in losses[None][name]], rtol=1e-5, err_msg=name)
     # Resuming the chunked run without the flag is not refused.
     cfg, _ = configs.resolve(**dict(TINY, model_dir=str(tmp_path / "chunk_5"), mode="train",
                                     deterministic=True, train_steps=3))
