@@ -71,14 +71,15 @@ PRESET_OWNERS = {
 
 # Flags that may change between the commands of one run: where data and
 # outputs live, evaluation, run length, checkpoint and log cadence, devices,
-# and the loss's blocks (the same loss in other memory).
+# the loss's blocks (the same loss in other memory) and the arithmetic (the
+# variables are float32 under every --precision; XLA or not).
 SESSION_FLAGS = frozenset({
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "loss_chunk_size",
     "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
     "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name",
-    "tpu_zone", "gcp_project", "cache_dataset", "deterministic"})
+    "tpu_zone", "gcp_project", "cache_dataset", "deterministic", "precision", "jit_compile"})
 
 # Flags that fix the encoder and projection head a checkpoint holds.
 # (--num_rand_bits fixes the input channels of its first convolution.)
@@ -419,6 +420,10 @@ def _check_flags(cfg, present, defaults):
             if flag in present and cfg[flag] != defaults[flag]:
                 raise UsageError(f"--{flag} applies to --train_mode=pretrain only (not "
                                  f"--train_mode={cfg['train_mode']})")
+    if cfg["precision"] == "mixed_float16" and (cfg["use_tpu"] or cfg["tpu_name"]
+                                                  or cfg["master"]):
+        raise UsageError("--precision=mixed_float16 is for GPUs; TPUs compute in bfloat16: "
+                         "use --precision=mixed_bfloat16 or float32")
     if cfg["kcl_t"] is not None:
         if cfg["kcl_kernel"] == "riesz" and cfg["kcl_t"] == 0:
             raise UsageError("--kcl_t must be != 0 with --kcl_kernel=riesz (it is the "
@@ -507,4 +512,5 @@ CHOICES = dict(
     proj_head_mode=model_lib.PROJ_HEAD_MODES, train_mode=model_lib.TRAIN_MODES,
     probe_view=model_lib.PROBE_VIEWS, optimizer=model_lib.OPTIMIZERS,
     learning_rate_scaling=model_lib.LEARNING_RATE_SCALINGS,
-    loss=objective.LOSSES, prior=objective.PRIORS, kcl_kernel=objective.KCL_KERNELS)
+    loss=objective.LOSSES, prior=objective.PRIORS, kcl_kernel=objective.KCL_KERNELS,
+    precision=model_lib.PRECISIONS)

@@ -182,7 +182,7 @@ def _export_checkpoint(model_dir, prefix, step, keep):
     cfg = config.Config(config.read_record(model_dir))
     source = config.open_dataset(cfg.record())
     keras.utils.set_random_seed(cfg.seed)
-    model = train_lib.build_model(cfg, source.label_classes)
+    model = train_lib.build_model(cfg, source.label_classes, precision="float32")
     if prefix:
         checkpoint_lib.restore_weights(model, prefix)
     return save(model, model_dir, step, keep)

@@ -36,6 +36,9 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 TRAIN_MODES = ("pretrain", "finetune", "autoencoder")
 PROBE_VIEWS = ("augmented", "clean")
 OPTIMIZERS = ("momentum", "adam", "lars")
+# Keras dtype policies of --precision: under the mixed ones layers compute in
+# the reduced type and keep float32 variables.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
 
 

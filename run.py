@@ -158,6 +158,10 @@ flags.DEFINE_integer("loss_chunk_size", None,
                      "ntxent/dcl/dhel/decoupled: the same loss computed over blocks of this many "
                      "candidate rows, its memory growing with n·C instead of n·B (unset: whole "
                      "matrices).")
+flags.DEFINE_enum("precision", "float32", list(CHOICES["precision"]),
+                  "Arithmetic of the layers: float32, or mixed_bfloat16 / mixed_float16 (compute in the "
+                  "reduced type, float32 variables; the losses, normalisation and softmax stay float32; "
+                  "float16 with dynamic loss scaling). Exported SavedModels compute in float32.")
 flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
 flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
 flags.DEFINE_integer("num_rand_bits", 0,
@@ -198,6 +202,10 @@ flags.DEFINE_bool("deterministic", False,
                   "Bit-identical reruns: seeded data order kept through the parallel input pipeline, "
                   "deterministic kernels; a run resumed from a checkpoint continues with the batches an "
                   "uninterrupted one would have seen. Slower input pipeline.")
+flags.DEFINE_bool("jit_compile", False,
+                  "TensorFlow backend: compile each replica's training step with XLA. Measured 2x "
+                  "slower than TensorFlow's own kernels on CPU (bench/README.md); the JAX backend "
+                  "always compiles its whole step.")
 flags.DEFINE_bool("plot", False,
                   "After evaluating, write plot_training.png (losses, accuracies, the representation "
                   "metrics over steps), plot_embedding.png (PCA of h) and plot_cosines.png (pairwise "

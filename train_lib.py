@@ -17,6 +17,8 @@ the gradient of the global batch (the contrastive loss reaches other
 replicas' rows through `gather`); under JAX the whole global batch is one
 program sharded over the devices, R = 1 and `gather` is the identity.
 """
+import contextlib
+
 import keras
 from keras import ops
 
@@ -30,6 +32,11 @@ import objective
 # Train modes that learn a representation without labels and train the
 # online probe beside it.
 REPRESENTATION_MODES = ("pretrain", "autoencoder")
+
+# Dynamic loss scaling of mixed_float16 (Micikevicius et al. 2018, the
+# values of keras.optimizers.LossScaleOptimizer).
+INITIAL_LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 
 def clean_probe_view(cfg):
@@ -51,11 +58,55 @@ def view_channels(cfg):
     return data.view_channels(cfg.num_rand_bits)
 
 
-def build_model(cfg, num_classes, view_channels=None):
+@contextlib.contextmanager
+def dtype_policy(precision):
+    """Layers created inside compute in `precision` (one of
+    `model.PRECISIONS`); Keras's global policy is restored on the way out.
+    The losses, the projections' normalisation and every softmax cast to
+    float32 first, whatever the policy."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def uses_loss_scale(cfg):
+    """Whether the step scales the loss: float16 gradients underflow."""
+    return cfg.precision == "mixed_float16"
+
+
+def next_loss_scale(scale, good_steps, finite):
+    """(scale, good_steps) after a step of dynamic loss scaling: non-finite
+    gradients halve the scale and restart the count of finite steps (and
+    the step is skipped); `LOSS_SCALE_GROWTH_STEPS` finite steps in a row
+    double it."""
+    good_steps = ops.where(finite, good_steps + 1, 0)
+    grow = ops.greater_equal(good_steps, LOSS_SCALE_GROWTH_STEPS)
+    scale = ops.where(finite, ops.where(grow, 2.0 * scale, scale), 0.5 * scale)
+    return scale, ops.where(grow, 0, good_steps)
+
+
+def scaled_step_finite(finite, scale):
+    """The `gradients_finite` log of a loss-scaled step: a step the scaler
+    skips is expected, not a failure, while its scale is above 1; below,
+    the gradients are not finite even unscaled, and the run stops as an
+    unscaled one would."""
+    return ops.cast(ops.logical_or(finite, ops.greater(scale, 1.0)), "float32")
+
+
+def build_model(cfg, num_classes, view_channels=None, precision=None):
     """The `model.Model` of the flags, built (variables created) by tracing
     a symbolic batch of `num_input_views(cfg)` views of `view_channels`
     each (by default `view_channels(cfg)`); `num_classes` is an int or one
-    per label."""
+    per label. Its layers compute in `precision` (by default
+    --precision); its variables are float32 under every policy."""
+    with dtype_policy(precision or cfg.precision):
+        return _build_model(cfg, num_classes, view_channels)
+
+
+def _build_model(cfg, num_classes, view_channels):
     if view_channels is None:
         view_channels = data.view_channels(cfg.num_rand_bits)
     model = model_lib.Model(

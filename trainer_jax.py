@@ -91,7 +91,7 @@ class Trainer:
             indices = list(range(len(trainable)))
             self._probe_indices, self._other_indices = train_lib.split_probe(
                 self.model, indices, variable=lambda i: trainable[i])
-        self._train_step = jax.jit(self._step, donate_argnums=0)
+        self._train_step = jax.jit(self._step, donate_argnums=(0, 1))
         self._logits = stateless(self.model, lambda x: self.model(x, training=False)[1])
         self._embed = stateless(self.model, lambda x: tuple(
             self.model.endpoints(x, training=False)[name]
@@ -112,6 +112,12 @@ class Trainer:
                  values(self.model.non_trainable_variables),
                  [values(o.variables) for o in self._optimizer_list()])
         self.state = jax.device_put(state, self.replicated)
+        # (loss scale, finite steps in a row) of mixed_float16, () otherwise;
+        # not checkpointed: a resumed run finds its scale again in a few steps.
+        scaling = ()
+        if train_lib.uses_loss_scale(self.cfg):
+            scaling = (np.float32(train_lib.INITIAL_LOSS_SCALE), np.int32(0))
+        self.scaling = jax.device_put(scaling, self.replicated)
 
     def sync(self):
         """Writes the training state into the Keras variables."""
@@ -133,9 +139,9 @@ class Trainer:
         return jax.random.normal(key, shape)
 
     # -- training -----------------------------------------------------------
-    def loss_and_gradients(self, state, features, labels):
-        """((total, (logs, new non-trainable values)), gradients) of the
-        objective at `state` on one global batch."""
+    def loss_and_gradients(self, state, features, labels, scale=1.0):
+        """((total · scale, (logs, new non-trainable values)), gradients of
+        total · scale) of the objective at `state` on one global batch."""
         trainable, non_trainable, optimizer_values = state
         model = self.model
         step = optimizer_values[0][self._iteration]
@@ -146,14 +152,42 @@ class Trainer:
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 total, logs = self.objective(features, labels, step)
             updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
-            return total, (logs, updated)
+            return total * scale, (logs, updated)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
 
-    def _step(self, state, features, labels):
+    def _step(self, state, scaling, features, labels):
+        """(state, scaling, logs) after one step; with loss scaling the
+        update is applied only when the unscaled gradients are finite (a
+        skipped step still advances each optimizer's iteration, as the data
+        did), and the scale follows `train_lib.next_loss_scale`."""
+        if not scaling:
+            state, logs = self._apply(state, features, labels)
+            return state, scaling, logs
+        scale, good_steps = scaling
+        (_, (logs, non_trainable)), grads = self.loss_and_gradients(
+            state, features, labels, scale)
+        grads = [g / scale for g in grads]
+        finite = train_lib.all_finite(grads) > 0
+        applied = self._apply_gradients(state, grads, non_trainable)
         trainable, _, optimizer_values = state
+        skipped = (trainable, non_trainable, [
+            [v + 1 if i == self._iteration else v for i, v in enumerate(values)]
+            for values in optimizer_values])
+        state = jax.tree.map(lambda a, b: jax.numpy.where(finite, a, b), applied, skipped)
+        logs["gradients_finite"] = train_lib.scaled_step_finite(finite, scale)
+        return state, train_lib.next_loss_scale(scale, good_steps, finite), logs
+
+    def _apply(self, state, features, labels):
+        """(state, logs) after one unscaled step."""
         (_, (logs, non_trainable)), grads = self.loss_and_gradients(state, features, labels)
         logs["gradients_finite"] = train_lib.all_finite(grads)
+        return self._apply_gradients(state, grads, non_trainable), logs
+
+    def _apply_gradients(self, state, grads, non_trainable):
+        """The state after the optimizers apply `grads` (the online probe's
+        with its own optimizer when it has one)."""
+        trainable, _, optimizer_values = state
         if self.probe_optimizer is None:
             trainable, main = self.optimizer.stateless_apply(optimizer_values[0], grads, trainable)
             optimizer_values = [main]
@@ -169,7 +203,7 @@ class Trainer:
                     updated[i] = value
                 new_values.append(vals)
             trainable, optimizer_values = updated, new_values
-        return (trainable, non_trainable, optimizer_values), logs
+        return trainable, non_trainable, optimizer_values
 
     def train_iterator(self, source, start_step=0):
         """Iterator over global training batches (numpy) from `start_step`."""
@@ -181,7 +215,8 @@ class Trainer:
         totals = None
         for _ in range(num_steps):
             features, labels = jax.device_put(next(iterator), self.data_sharding)
-            self.state, logs = self._train_step(self.state, features, labels)
+            self.state, self.scaling, logs = self._train_step(
+                self.state, self.scaling, features, labels)
             totals = logs if totals is None else jax.tree.map(lambda a, b: a + b, totals, logs)
         return {k: float(totals[k]) / num_steps for k in self.log_names + ["gradients_finite"]}
 

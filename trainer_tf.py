@@ -185,6 +185,16 @@ class Trainer:
             self.model, cfg, gather=cross_replica_gather, normal_noise=self.normal_noise,
             num_replicas=self.num_replicas, label_names=label_names)
         self.log_names = train_lib.log_names(cfg, self.model, label_names)
+        self.loss_scale = self.good_steps = None
+        if train_lib.uses_loss_scale(cfg):
+            # Not checkpointed: a resumed run finds its scale again in a few steps.
+            with self.strategy.scope():
+                self.loss_scale = tf.Variable(
+                    train_lib.INITIAL_LOSS_SCALE, trainable=False, name="loss_scale",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                self.good_steps = tf.Variable(
+                    0, trainable=False, name="loss_scale_good_steps",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         return self
 
     @property
@@ -210,11 +220,16 @@ class Trainer:
 
     # -- training -----------------------------------------------------------
     def gradients(self, features, labels):
-        """Per replica: (gradients of total / R, logs)."""
+        """Per replica: (gradients of total / R, logs); with loss scaling the
+        gradients of total · scale / R, divided by the scale."""
         with tf.GradientTape() as tape:
             total, logs = self.objective(features, labels, self.optimizer.iterations)
             scaled = total / self.num_replicas
+            if self.loss_scale is not None:
+                scaled = scaled * self.loss_scale
         grads = tape.gradient(scaled, self.model.trainable_variables)
+        if self.loss_scale is not None:
+            grads = [None if g is None else g / self.loss_scale for g in grads]
         logs["gradients_finite"] = train_lib.all_finite(grads)
         return grads, logs
 
@@ -235,6 +250,45 @@ class Trainer:
         self.apply_gradients(grads)
         return logs
 
+    def _compiled(self, fn):
+        """`fn` for `strategy.run`: XLA-compiled with --jit_compile, else as
+        it is. The step has no data-dependent Python control flow, so
+        AutoGraph would only re-parse the model, loss and optimizer code:
+        skipping it saves seconds of tracing per run."""
+        if self.cfg.jit_compile:
+            return tf.function(fn, jit_compile=True, autograph=False)
+        return tf.autograph.experimental.do_not_convert(fn)
+
+    def scaled_train_step(self, features, labels):
+        """In cross-replica context: one loss-scaled step. The update is
+        applied only when every replica's gradients are finite; a skipped
+        step still counts (each optimizer's iteration advances, as the data
+        did). The scale then follows `train_lib.next_loss_scale`."""
+        strategy = self.strategy
+        grads, logs = strategy.run(self._compiled(self.gradients), (features, labels))
+        non_finite = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                     1.0 - logs["gradients_finite"], axis=None)
+        finite = tf.equal(non_finite, 0.0)
+        scale = tf.identity(self.loss_scale)
+
+        def apply():
+            strategy.run(tf.autograph.experimental.do_not_convert(self.apply_gradients),
+                         (grads,))
+            return tf.constant(True)
+
+        def skip():
+            for optimizer in (self.optimizer, self.probe_optimizer):
+                if optimizer is not None:
+                    optimizer.iterations.assign_add(1)
+            return tf.constant(False)
+
+        tf.cond(finite, apply, skip)
+        new_scale, good_steps = train_lib.next_loss_scale(scale, self.good_steps, finite)
+        self.loss_scale.assign(new_scale)
+        self.good_steps.assign(good_steps)
+        logs["gradients_finite"] = train_lib.scaled_step_finite(finite, scale)
+        return logs
+
     def train_iterator(self, source, start_step=0):
         """Iterator over distributed training batches from step `start_step`."""
         input_fn = data.train_input_fn(self.cfg, source, start_step)
@@ -246,17 +300,19 @@ class Trainer:
         if self._loop is None:
             names = self.log_names + ["gradients_finite"]
             strategy = self.strategy
-            # The step has no data-dependent Python control flow, so
-            # AutoGraph would only re-parse the model, loss and optimizer
-            # code: skipping it saves seconds of tracing per run.
-            step_fn = tf.autograph.experimental.do_not_convert(self.train_step)
+            step_fn = self._compiled(self.train_step)
+            if self.loss_scale is None:
+                def one_step(features, labels):
+                    return strategy.run(step_fn, (features, labels))
+            else:
+                one_step = self.scaled_train_step
 
             @tf.function
             def loop(iterator, num_steps):
                 totals = tf.zeros([len(names)], tf.float32)
                 for _ in tf.range(num_steps):
                     features, labels = next(iterator)
-                    logs = strategy.run(step_fn, (features, labels))
+                    logs = one_step(features, labels)
                     totals += tf.stack([strategy.reduce(tf.distribute.ReduceOp.MEAN, logs[k], axis=None)
                                         for k in names])
                 return totals / tf.cast(num_steps, tf.float32)
@@ -323,5 +379,12 @@ class Trainer:
         """The SavedModel of the current weights in
         model_dir/saved_model/<step>/ (`export.save`); every worker writes
         it, as collective saves need, the others into their scratch
-        directory. `prefix` (the checkpoint of these weights) is unused."""
+        directory. Under a mixed --precision the checkpoint `prefix` of
+        these weights is exported by a float32 process instead
+        (`export.export_in_subprocess`), so the SavedModel computes in
+        float32."""
+        if self.cfg.precision != "float32":
+            if not self.chief:
+                return None
+            return export.export_in_subprocess(self.cfg.model_dir, prefix, self.step, keep)
         return export.save(self.model, self.worker_dir, self.step, keep)
