@@ -238,6 +238,10 @@ BAD_FLAGS = {
                                         "ntxent|decoupled|dcl|dhel"]),
     "loss_chunk_size_in_finetune": (["--train_mode=finetune", "--loss_chunk_size=8"],
                                     ["--loss_chunk_size", "pretrain", "finetune"]),
+    "precision_unknown": (["--precision=float16"],
+                          ["--precision", "float32", "mixed_bfloat16", "mixed_float16"]),
+    "float16_on_tpu": (["--precision=mixed_float16", "--tpu_name=my-tpu"],
+                       ["--precision=mixed_float16", "TPU", "mixed_bfloat16"]),
 }
 
 
@@ -431,6 +435,24 @@ def test_full_run_exports_a_saved_model_of_its_last_step(full_run):
                                    atol=1e-5 * np.abs(expected).max())
 
 
+def test_mixed_precision_run_records_it_and_exports_a_float32_saved_model(tmp_path):
+    """--precision=mixed_bfloat16 is recorded, and the SavedModel of its
+    last step computes in float32 what a float32 model with the
+    checkpoint's weights computes."""
+    model_dir = tmp_path / "bf16"
+    train(model_dir, mode="train", precision="mixed_bfloat16", keep_hub_module_max=1)
+    assert read_json(model_dir / "flags.json")["precision"] == "mixed_bfloat16"
+    loaded = tf.saved_model.load(str(model_dir / "saved_model" / str(TINY["train_steps"])))
+    _, trainer, checkpointer = rebuild(model_dir, precision="float32")
+    checkpointer.restore(checkpoint_lib.latest_checkpoint(str(model_dir)))
+    rgb, _ = digits_rgb("test")
+    outputs = loaded(rgb[:64], trainable=False)
+    expected = np.asarray(trainer.model.encode(rgb[:64]))
+    assert outputs["final_avg_pool"].dtype == tf.float32
+    np.testing.assert_allclose(outputs["final_avg_pool"].numpy(), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+
+
 @SHARES_FULL_RUN
 def test_knn_top1_is_a_weighted_knn_on_the_checkpoints_features(full_run):
     model_dir, result = full_run
@@ -581,6 +603,35 @@ def test_chunked_loss_trains_the_same_losses_and_may_change_on_resume(tmp_path, 
     cfg, _ = configs.resolve(**dict(TINY, model_dir=str(tmp_path / "chunk_5"), mode="train",
                                     deterministic=True, train_steps=3))
     assert cfg.loss_chunk_size is None
+
+
+def test_jit_compile_compiles_the_step_with_xla_and_trains_the_same_losses(tmp_path,
+                                                                            monkeypatch):
+    """--jit_compile hands the replica step to XLA (a tf.function with
+    jit_compile=True) and trains the losses of TensorFlow's own kernels
+    step for step (--deterministic: the same batches)."""
+    compiled, real_function = [], tf.function
+
+    def recording_function(fn=None, **kwargs):
+        compiled.append((getattr(fn, "__name__", None), bool(kwargs.get("jit_compile"))))
+        return real_function(fn, **kwargs) if fn else real_function(**kwargs)
+
+    monkeypatch.setattr(tf, "function", recording_function)
+    # Read at XLA's first compilation: without its backend optimisations
+    # the tiny model compiles in a third of the time.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    losses = {}
+    for jit_compile in (False, True):
+        compiled.clear()
+        model_dir = tmp_path / f"jit_{jit_compile}"
+        train(model_dir, mode="train", deterministic=True, log_every_steps=1,
+              jit_compile=jit_compile)
+        assert (("train_step", True) in compiled) == jit_compile
+        logged = scalars(model_dir)
+        losses[jit_compile] = [v for name in ("total_loss", "contrast_loss", "supervised_loss")
+                               for _, v in logged[f"train/{name}"]]
+    assert len(losses[True]) == 6
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
 
 
 def test_simple_loss_records_the_lambda_it_used(tmp_path):
