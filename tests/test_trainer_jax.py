@@ -102,6 +102,30 @@ def final_weights(model_dir):
 JAX_STEPS = 12
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_the_step_is_traced_once_per_run(precision, monkeypatch):
+    """Blocks of steps of any length reuse one compiled step: the state,
+    the float16 loss scale and the batches keep their types and shapes
+    from step to step, so the step's Python runs once, when jax.jit traces
+    it."""
+    traces = []
+    step = trainer_jax.Trainer._step
+
+    def counted_step(self, *args):
+        traces.append(1)
+        return step(self, *args)
+
+    monkeypatch.setattr(trainer_jax.Trainer, "_step", counted_step)
+    cfg = tiny_config(precision=precision)
+    keras.utils.set_random_seed(0)
+    trainer = trainer_jax.Trainer(cfg, devices=jax.devices()[:1]).build(10, 64)
+    batches = iter([global_batch(seed) for seed in range(5)])
+    for num_steps in (1, 3, 1):
+        trainer.run_steps(batches, num_steps)
+    assert trainer.step == 5
+    assert len(traces) == 1
+
+
 def test_run_under_jax_writes_resumes_and_survives_sigkill(tmp_path):
     """An in-process --deterministic run under JAX writes its outputs and
     its checkpoint restores every variable bit for bit. The same command in
