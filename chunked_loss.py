@@ -85,11 +85,7 @@ def streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=No
     Raises:
         ValueError: a candidate count unknown at trace time.
     """
-    count = candidates.shape[0]
-    if count is None:
-        raise ValueError(
-            "Chunked losses need a candidate row count known at trace time, got "
-            f"candidates of shape {tuple(candidates.shape)}; pass chunk_size=None.")
+    count = _candidate_count(candidates, "losses")
     anchors = ops.cast(anchors, "float32")
     candidates = ops.cast(candidates, "float32")
     masked = exclude is not None
@@ -104,6 +100,33 @@ def streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=No
     scaled = anchors / temperature
     return _block_logsumexp(count, min(chunk_size, count), masked)(
         scaled, candidates, exclude)
+
+
+def _candidate_count(candidates, what):
+    """The static row count of `candidates`; ValueError when unknown."""
+    count = candidates.shape[0]
+    if count is None:
+        raise ValueError(
+            f"Chunked {what} need a candidate row count known at trace time, got "
+            f"candidates of shape {tuple(candidates.shape)}; pass chunk_size=None.")
+    return count
+
+
+def _fold_blocks(accumulate, carry, candidates, chunk_size):
+    """`carry` after `accumulate(carry, (block, start))` for the blocks of
+    `chunk_size` rows of `candidates` in order (`start` the block's first
+    row): the count // C full ones in an `ops.scan`, sequential under both
+    backends, then the partial one."""
+    count, dim = candidates.shape
+    full_blocks = count // chunk_size
+    full_rows = full_blocks * chunk_size
+    if full_blocks:
+        blocks = ops.reshape(candidates[:full_rows], (full_blocks, chunk_size, dim))
+        starts = ops.arange(full_blocks, dtype="int32") * chunk_size
+        carry, _ = ops.scan(accumulate, carry, (blocks, starts))
+    if full_rows < count:
+        carry, _ = accumulate(carry, (candidates[full_rows:], full_rows))
+    return carry
 
 
 def _block_logsumexp(count, chunk_size, masked):
@@ -152,13 +175,7 @@ def _block_logsumexp(count, chunk_size, masked):
 
         rows = ops.shape(scaled)[0]
         carry = (ops.full((rows,), -np.inf, "float32"), ops.zeros((rows,), "float32"))
-        if full_blocks:
-            blocks = ops.reshape(candidates[:full_rows], (full_blocks, chunk_size, dim))
-            starts = ops.arange(full_blocks, dtype="int32") * chunk_size
-            carry, _ = ops.scan(accumulate, carry, (blocks, starts))
-        if full_rows < count:
-            carry, _ = accumulate(carry, (candidates[full_rows:], full_rows))
-        running_max, running_sum = carry
+        running_max, running_sum = _fold_blocks(accumulate, carry, candidates, chunk_size)
         value = ops.where(ops.isfinite(running_max), running_max, 0.0) + ops.log(running_sum)
 
         def grad(*args, upstream=None):
@@ -233,16 +250,9 @@ def streaming_accuracy_and_entropy(anchors, candidates, targets, temperature, ch
     Returns:
         (acc, entropy), two float32 scalars.
     """
-    count = candidates.shape[0]
-    if count is None:
-        raise ValueError(
-            "Chunked summaries need a candidate row count known at trace time, got "
-            f"candidates of shape {tuple(candidates.shape)}; pass chunk_size=None.")
-    chunk_size = min(int(chunk_size), count)
+    chunk_size = min(int(chunk_size), _candidate_count(candidates, "summaries"))
     scaled = ops.stop_gradient(ops.cast(anchors, "float32")) / temperature
     candidates = ops.stop_gradient(ops.cast(candidates, "float32"))
-    full_blocks, dim = count // chunk_size, candidates.shape[1]
-    full_rows = full_blocks * chunk_size
 
     def accumulate(carry, block_and_start):
         running_max, best, running_sum, running_t = carry
@@ -267,13 +277,7 @@ def streaming_accuracy_and_entropy(anchors, candidates, targets, temperature, ch
     rows = ops.shape(scaled)[0]
     carry = (ops.full((rows,), -np.inf, "float32"), ops.zeros((rows,), "int32"),
              ops.zeros((rows,), "float32"), ops.zeros((rows,), "float32"))
-    if full_blocks:
-        blocks = ops.reshape(candidates[:full_rows], (full_blocks, chunk_size, dim))
-        starts = ops.arange(full_blocks, dtype="int32") * chunk_size
-        carry, _ = ops.scan(accumulate, carry, (blocks, starts))
-    if full_rows < count:
-        carry, _ = accumulate(carry, (candidates[full_rows:], full_rows))
-    _, best, running_sum, running_t = carry
+    _, best, running_sum, running_t = _fold_blocks(accumulate, carry, candidates, chunk_size)
     hits = ops.equal(best, ops.cast(targets, "int32"))
     accuracy = ops.mean(ops.cast(hits, "float32"))
     entropy = ops.mean(ops.log(running_sum) - running_t / running_sum)
