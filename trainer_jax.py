@@ -161,12 +161,12 @@ class Trainer:
         update is applied only when the unscaled gradients are finite (a
         skipped step still advances each optimizer's iteration, as the data
         did), and the scale follows `train_lib.next_loss_scale`."""
-        if not scaling:
-            state, logs = self._apply(state, features, labels)
-            return state, scaling, logs
-        scale, good_steps = scaling
+        scale = scaling[0] if scaling else 1.0
         (_, (logs, non_trainable)), grads = self.loss_and_gradients(
             state, features, labels, scale)
+        if not scaling:
+            logs["gradients_finite"] = train_lib.all_finite(grads)
+            return self._apply_gradients(state, grads, non_trainable), scaling, logs
         grads = [g / scale for g in grads]
         finite = train_lib.all_finite(grads) > 0
         applied = self._apply_gradients(state, grads, non_trainable)
@@ -176,13 +176,7 @@ class Trainer:
             for values in optimizer_values])
         state = jax.tree.map(lambda a, b: jax.numpy.where(finite, a, b), applied, skipped)
         logs["gradients_finite"] = train_lib.scaled_step_finite(finite, scale)
-        return state, train_lib.next_loss_scale(scale, good_steps, finite), logs
-
-    def _apply(self, state, features, labels):
-        """(state, logs) after one unscaled step."""
-        (_, (logs, non_trainable)), grads = self.loss_and_gradients(state, features, labels)
-        logs["gradients_finite"] = train_lib.all_finite(grads)
-        return self._apply_gradients(state, grads, non_trainable), logs
+        return state, train_lib.next_loss_scale(scale, scaling[1], finite), logs
 
     def _apply_gradients(self, state, grads, non_trainable):
         """The state after the optimizers apply `grads` (the online probe's
