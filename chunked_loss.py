@@ -9,8 +9,9 @@ instead of keeping the matrix, so forward and backward hold a few [n, C]
 blocks at a time (`objective.compute_loss(..., chunk_size=C)`).
 
 The losses here have exactly the semantics, parameters and distribution
-contract of their namesakes in `objective.py`, whose helpers they share (the
-views, their normalisation and the anchors' global indices), so the two
+contract of their namesakes in `objective.py`, and share their helpers
+(`loss_views.py`: the views, their normalisation and the anchors' global
+indices), so the two
 paths differ only in the order of floating-point summation.  NT-Xent and DCL
 stream the 2n anchors [z1; z2] against the 2B rows H = [z1_all; z2_all] in
 one pass: a z1 anchor's same-view candidates are the first B columns of H
@@ -30,10 +31,11 @@ import math
 import numpy as np
 from keras import ops
 
-import objective
+from loss_views import alignment
+from loss_views import check_positive
+from loss_views import rowdot
 
 LOSSES = ("ntxent", "decoupled", "dcl", "dhel")
-UNCHUNKED = tuple(name for name in objective.LOSSES if name not in LOSSES)
 
 
 def check_chunk_size(name, chunk_size):
@@ -44,11 +46,11 @@ def check_chunk_size(name, chunk_size):
     if name not in LOSSES:
         raise ValueError(
             f"Loss {name!r} has no chunked form; chunk_size applies to "
-            f"{', '.join(LOSSES)} ({', '.join(UNCHUNKED)} are computed whole).")
+            f"{', '.join(LOSSES)} (the other losses are computed whole).")
 
 
 def compute_loss(name, views, chunk_size, **params):
-    """The loss `name` of `objective._Views` `views` over blocks of
+    """The loss `name` of `loss_views.Views` `views` over blocks of
     `chunk_size` candidate rows; `params` complete (the loss's defaults
     filled in).  Called by `objective.compute_loss`."""
     check_chunk_size(name, chunk_size)
@@ -303,25 +305,25 @@ def _ntxent(views, temperature, hidden_norm, chunk_size):
     """NT-Xent: la_i = -ab_ii + LSE_j([ab_ij ; aa_ij (j != i)]), lb_i alike;
     the sum of the two directions' means is twice the mean over the 2n
     anchors of LSE over H without the anchor's own row, minus the positive."""
-    objective._check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
     anchors, candidates, own, _ = _both_views(views)
     lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size, exclude=own)
-    positive = objective._rowdot(views.z1, views.z2) / temperature
+    positive = rowdot(views.z1, views.z2) / temperature
     return 2.0 * ops.mean(lse - ops.concatenate([positive, positive], axis=0))
 
 
 def _dcl(views, temperature, hidden_norm, chunk_size):
     """DCL: la_i = -ab_ii + LSE_j([ab_ij (j != i) ; aa_ij (j != i)]): as
     NT-Xent, without the positive's column of H as well."""
-    objective._check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
     anchors, candidates, own, positive_column = _both_views(views)
     lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size,
                               exclude=ops.stack([own, positive_column], axis=1))
-    positive = objective._rowdot(views.z1, views.z2) / temperature
+    positive = rowdot(views.z1, views.z2) / temperature
     return 2.0 * ops.mean(lse - ops.concatenate([positive, positive], axis=0))
 
 
@@ -329,9 +331,9 @@ def _dhel(views, temperature, include_augs, chunk_size):
     """DHEL: mean_i [-z1_i . z2_i / tau + LSE_{j != i}(z1_i . z1_j / tau)
     + (if include_augs) LSE_{j != i}(z2_i . z2_j / tau)], one stream per
     view (each view's anchors see only their own view)."""
-    objective._check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     views = views.normalized()
-    loss = -objective._rowdot(views.z1, views.z2) / temperature
+    loss = -rowdot(views.z1, views.z2) / temperature
     energies = [(views.z1, views.z1_all)]
     if include_augs:
         energies.append((views.z2, views.z2_all))
@@ -345,13 +347,13 @@ def _decoupled(views, temperature, lambda_weight, scale, hidden_norm, chunk_size
     """Decoupled: scale * (align + lambda * dist), with
     dist = mean_a [LSE_b(H_a . H_b / tau) - log d] streamed over the 2B rows
     of H = [z1_all; z2_all] (no column excluded)."""
-    objective._check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
     anchors, candidates, _, _ = _both_views(views)
     lse = streaming_logsumexp(anchors, candidates, temperature, chunk_size)
     dist = ops.mean(lse - math.log(views.dim))
-    return scale * (objective._alignment(views) + lambda_weight * dist)
+    return scale * (alignment(views) + lambda_weight * dist)
 
 
 _LOSS_FUNCTIONS = {

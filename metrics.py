@@ -3,7 +3,10 @@
 The contrastive summaries (accuracy and entropy of the view-1 → view-2
 logits) live next to the losses in `objective.py`; this module holds the
 supervised ones the trainer logs and evaluates, and the representation
-metrics of `../shared/reference/losses_and_metrics.md` §2.5, §3.2 and §4.
+metrics: alignment and uniformity (Wang & Isola, ICML 2020), tolerance and
+the hardness of negatives (Wang & Liu, CVPR 2021), Wasserstein uniformity
+and effective rank (Koromilas et al., ICML 2024, and their released
+metrics).
 
 The representation metrics take numpy arrays or backend tensors, compute in
 float32 and return a float32 scalar. Pairwise ones work through blocks of
@@ -16,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from objective import l2_normalize
+from loss_views import l2_normalize
 
 CHUNK_SIZE = 1024
 

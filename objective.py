@@ -26,10 +26,26 @@ import keras
 import numpy as np
 from keras import ops
 
+import chunked_loss
+from loss_views import Views
+from loss_views import alignment
+from loss_views import as_float32
+from loss_views import check_positive
+from loss_views import check_rows
+from loss_views import check_single_device
+from loss_views import global_index
+from loss_views import l2_normalize
+from loss_views import logits as _logits
+from loss_views import mask as _mask
+from loss_views import rowdot
+from loss_views import rows
+
 LOSSES = ("ntxent", "decoupled", "swd", "dcl", "dhel", "kcl", "hard", "simple",
           "align_uniform")
 PRIORS = ("uniform_hypersphere", "normal", "uniform_hypercube")
 KCL_KERNELS = ("gaussian", "log", "imq", "riesz")
+# Losses computed whole, without a chunked form (`chunked_loss.LOSSES`).
+UNCHUNKED = tuple(name for name in LOSSES if name not in chunked_loss.LOSSES)
 
 LOSS_PARAMS = {
     "ntxent": {"temperature": 0.1, "hidden_norm": True},
@@ -45,9 +61,6 @@ LOSS_PARAMS = {
     "align_uniform": {"alpha": 2.0, "t": 2.0, "lambda_weight": 1.0},
 }
 
-# Floor of the squared norm in `l2_normalize`: 1e-12 is a normal float32, so
-# a zero row maps to zero instead of 0/0.
-NORM_EPSILON = 1e-12
 # Riesz kernel guard: D = sqrt(D^2 + RIESZ_EPSILON).  At D = 0 this bounds
 # D^-s by 1e3^s and its derivative in D^2 by (s/2) * 1e6^(s/2 + 1), which stays
 # inside float32 for the exponents in use (|s| <= 4).
@@ -102,9 +115,13 @@ def compute_loss(name, z1, z2, *, z1_all=None, z2_all=None, replica_id=0,
             f"Loss {name!r} got unknown parameter(s) {', '.join(unknown)}; "
             f"it accepts: {', '.join(LOSS_PARAMS[name])}.")
     kwargs = dict(LOSS_PARAMS[name], **params)
-    views = _Views(z1, z2, z1_all, z2_all, replica_id)
+    views = Views(z1, z2, z1_all, z2_all, replica_id)
     if chunk_size is not None:
-        import chunked_loss  # here, not at the top: it builds on this module
+        if name in UNCHUNKED:
+            raise ValueError(
+                f"Loss {name!r} has no chunked form; chunk_size applies to "
+                f"{', '.join(chunked_loss.LOSSES)} ({', '.join(UNCHUNKED)} are "
+                "computed whole).")
         return chunked_loss.compute_loss(name, views, chunk_size, **kwargs)
     if name == "swd":
         kwargs["seed"] = seed
@@ -126,7 +143,7 @@ def sliced_wasserstein(x, y, projection):
     Returns:
         A float32 scalar.
     """
-    x, y, projection = (_as_float32(v) for v in (x, y, projection))
+    x, y, projection = (as_float32(v) for v in (x, y, projection))
     x_sorted = ops.sort(ops.matmul(x, projection), axis=0)
     y_sorted = ops.sort(ops.matmul(y, projection), axis=0)
     return ops.mean(ops.square(x_sorted - y_sorted))
@@ -147,19 +164,18 @@ def contrastive_accuracy_and_entropy(z1, z2, *, z2_all=None, replica_id=0,
     Returns:
         (acc, entropy), two float32 scalars.
     """
-    z1, z2 = _as_float32(z1), _as_float32(z2)
-    _check_rows("z1", z1, None)
-    _check_rows("z2", z2, z1)
+    z1, z2 = as_float32(z1), as_float32(z2)
+    check_rows("z1", z1, None)
+    check_rows("z2", z2, z1)
     if z2_all is None:
-        _check_single_device(replica_id)
+        check_single_device(replica_id)
         z2_all = z2
-    z2_all = _as_float32(z2_all)
-    _check_rows("z2_all", z2_all, z1, same_rows=False)
+    z2_all = as_float32(z2_all)
+    check_rows("z2_all", z2_all, z1, same_rows=False)
     if hidden_norm:
         z1, z2_all = l2_normalize(z1), l2_normalize(z2_all)
-    targets = _global_index(replica_id, _rows(z1)[1])
+    targets = global_index(replica_id, rows(z1)[1])
     if chunk_size is not None:
-        import chunked_loss  # here, not at the top: it builds on this module
         return chunked_loss.streaming_accuracy_and_entropy(
             z1, z2_all, targets, temperature, chunk_size)
     logits = _logits(z1, z2_all, temperature)
@@ -172,14 +188,6 @@ def contrastive_accuracy_and_entropy(z1, z2, *, z2_all=None, replica_id=0,
     return accuracy, entropy
 
 
-def l2_normalize(x):
-    """Rows of `x` (cast to float32) scaled to unit norm:
-    x / sqrt(max(||x||^2, 1e-12)); a zero row stays zero."""
-    x = _as_float32(x)
-    squared_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared_norm, NORM_EPSILON))
-
-
 def orthogonal_from_noise(noise):
     """Haar-distributed orthogonal matrix from a [d, d] standard-normal matrix.
 
@@ -187,7 +195,7 @@ def orthogonal_from_noise(noise):
     correction makes the factorisation unique, which is what makes the law of
     the result uniform on O(d).  Carries no gradient.
     """
-    noise = ops.stop_gradient(_as_float32(noise))
+    noise = ops.stop_gradient(as_float32(noise))
     q, r = ops.qr(noise)
     signs = ops.where(ops.diagonal(r) < 0, -1.0, 1.0)
     return q * signs[None, :]
@@ -201,7 +209,7 @@ def prior_from_noise(prior, noise):
     U(-1, 1) per entry.  Carries no gradient.
     """
     _check_choice("prior", prior, PRIORS)
-    noise = ops.stop_gradient(_as_float32(noise))
+    noise = ops.stop_gradient(as_float32(noise))
     if prior == "normal":
         return noise
     if prior == "uniform_hypersphere":
@@ -210,7 +218,7 @@ def prior_from_noise(prior, noise):
 
 
 # ---------------------------------------------------------------------------
-# The losses.  Each takes a `_Views` and the loss's parameters.
+# The losses.  Each takes a `loss_views.Views` and the loss's parameters.
 # ---------------------------------------------------------------------------
 
 def _ntxent(views, temperature, hidden_norm):
@@ -220,17 +228,7 @@ def _ntxent(views, temperature, hidden_norm):
     ab = z1 z2^T / tau, aa = z1 z1^T / tau; lb_i alike with the views swapped.
     Each anchor has 1 positive and 2B - 2 negatives.
     """
-    _check_positive("temperature", temperature)
-    if hidden_norm:
-        views = views.normalized()
-    total = 0.0
-    for anchor, partner, same_all, other_all in views.directions():
-        positive = _rowdot(anchor, partner) / temperature
-        cross = _logits(anchor, other_all, temperature)
-        same = _mask(_logits(anchor, same_all, temperature), views.self_mask)
-        candidates = ops.concatenate([cross, same], axis=1)
-        total += ops.mean(ops.logsumexp(candidates, axis=1) - positive)
-    return total
+    return _infonce(views, temperature, hidden_norm, keep_positive=True)
 
 
 def _dcl(views, temperature, hidden_norm):
@@ -238,17 +236,36 @@ def _dcl(views, temperature, hidden_norm):
     both denominators:
         la_i = -ab_ii + LSE_j([ab_ij (j != i) ; aa_ij (j != i)]).
     """
-    _check_positive("temperature", temperature)
+    return _infonce(views, temperature, hidden_norm, keep_positive=False)
+
+
+def _infonce(views, temperature, hidden_norm, keep_positive):
+    """sum over both directions of mean_i [LSE(candidates_i) - positive_i]
+    (`_candidate_logits`)."""
+    check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
     total = 0.0
-    for anchor, partner, same_all, other_all in views.directions():
-        positive = _rowdot(anchor, partner) / temperature
-        cross = _mask(_logits(anchor, other_all, temperature), views.self_mask)
-        same = _mask(_logits(anchor, same_all, temperature), views.self_mask)
-        candidates = ops.concatenate([cross, same], axis=1)
+    for direction in views.directions():
+        positive, candidates = _candidate_logits(views, direction, temperature,
+                                                 keep_positive)
         total += ops.mean(ops.logsumexp(candidates, axis=1) - positive)
     return total
+
+
+def _candidate_logits(views, direction, temperature, keep_positive):
+    """(positive logits [n], candidate logits [n, 2B]) of the anchors of one
+    direction (`Views.directions`): a_i . p_i / tau, then the anchor's logits
+    against the other view's B rows (with its positive at column g_i only
+    when `keep_positive`) and against its own view's B rows, itself at
+    column g_i masked with -inf."""
+    anchor, partner, same_all, other_all = direction
+    positive = rowdot(anchor, partner) / temperature
+    cross = _logits(anchor, other_all, temperature)
+    if not keep_positive:
+        cross = _mask(cross, views.self_mask)
+    same = _mask(_logits(anchor, same_all, temperature), views.self_mask)
+    return positive, ops.concatenate([cross, same], axis=1)
 
 
 def _hard(views, temperature, num_negatives, hidden_norm):
@@ -261,7 +278,7 @@ def _hard(views, temperature, num_negatives, hidden_norm):
     top-k.  With a batch size unknown at trace time K cannot be clamped and
     must not exceed 2B - 2.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     if num_negatives is None:
         return _ntxent(views, temperature, hidden_norm)
     if (isinstance(num_negatives, bool)
@@ -275,13 +292,11 @@ def _hard(views, temperature, num_negatives, hidden_norm):
     if hidden_norm:
         views = views.normalized()
     total = 0.0
-    for anchor, partner, same_all, other_all in views.directions():
-        positive = _rowdot(anchor, partner) / temperature
-        # Positive and self sit at the same (i, g_i) slots of the two blocks;
-        # both are masked before the top-k so neither can be picked.
-        cross = _mask(_logits(anchor, other_all, temperature), views.self_mask)
-        same = _mask(_logits(anchor, same_all, temperature), views.self_mask)
-        negatives = ops.concatenate([cross, same], axis=1)
+    for direction in views.directions():
+        # Positive and self are masked before the top-k, so neither can be
+        # picked as a negative.
+        positive, negatives = _candidate_logits(views, direction, temperature,
+                                                keep_positive=False)
         hardest, _ = ops.top_k(negatives, int(num_negatives))
         candidates = ops.concatenate([positive[:, None], hardest], axis=1)
         total += ops.mean(ops.logsumexp(candidates, axis=1) - positive)
@@ -303,7 +318,7 @@ def _simple(views, lambda_weight):
         lambda_weight = 1.0 / (2.0 * global_rows - 2.0)
     total = 0.0
     for anchor, partner, same_all, other_all in views.directions():
-        positive = _rowdot(anchor, partner)
+        positive = rowdot(anchor, partner)
         cross = _logits(anchor, other_all, 1.0)
         same = _logits(anchor, same_all, 1.0)
         negatives = (ops.sum(ops.where(views.self_mask, 0.0, cross), axis=1)
@@ -317,9 +332,9 @@ def _dhel(views, temperature, include_augs):
         L = 1/B sum_i [-z1_i . z2_i / tau + LSE_{j != i}(z1_i . z1_j / tau)
                        + (if include_augs) LSE_{j != i}(z2_i . z2_j / tau)].
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     views = views.normalized()
-    positive = _rowdot(views.z1, views.z2) / temperature
+    positive = rowdot(views.z1, views.z2) / temperature
     loss = -positive
     energies = [(views.z1, views.z1_all)]
     if include_augs:
@@ -347,7 +362,7 @@ def _kcl(views, kernel, t, gamma):
             "The riesz kernel needs t != 0 (t is its exponent s).")
     uniform_kernel, align_kernel = _KCL_KERNEL_PAIRS[kernel]
     views = views.normalized()
-    d2_positive = _squared_distance_from_cos(_rowdot(views.z1, views.z2))
+    d2_positive = _squared_distance_from_cos(rowdot(views.z1, views.z2))
     loss = -2.0 * ops.mean(align_kernel(d2_positive, t))
     pairs = ops.cast(views.global_rows, "float32") - 1.0
     for anchor, same_all in ((views.z1, views.z1_all),
@@ -367,14 +382,14 @@ def _align_uniform(views, alpha, t, lambda_weight):
     computed from the global rows, identically on every replica.
     """
     views = views.normalized()
-    d2_positive = _squared_distance_from_cos(_rowdot(views.z1, views.z2))
+    d2_positive = _squared_distance_from_cos(rowdot(views.z1, views.z2))
     if alpha == 2:
         alignment = ops.mean(d2_positive)
     else:
         alignment = ops.mean(
             ops.power(ops.maximum(d2_positive, ALIGN_EPSILON), alpha / 2.0))
-    rows = ops.arange(views.global_rows)
-    upper = ops.less(rows[:, None], rows[None, :])
+    index = ops.arange(views.global_rows)
+    upper = ops.less(index[:, None], index[None, :])
     global_rows = ops.cast(views.global_rows, "float32")
     log_num_pairs = ops.log(global_rows * (global_rows - 1.0) / 2.0)
     uniformity = 0.0
@@ -392,7 +407,7 @@ def _decoupled(views, temperature, lambda_weight, scale, hidden_norm):
         dist  = 1/(2B) sum_a [LSE_b(H_a . H_b / tau) - log d],
     H = [z1; z2] (2B rows), b running over all rows, a itself included.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     if hidden_norm:
         views = views.normalized()
     anchors = ops.concatenate([views.z1, views.z2], axis=0)
@@ -400,7 +415,7 @@ def _decoupled(views, temperature, lambda_weight, scale, hidden_norm):
     logits = _logits(anchors, candidates, temperature)
     log_dim = math.log(views.dim)
     dist = ops.mean(ops.logsumexp(logits, axis=1) - log_dim)
-    return scale * (_alignment(views) + lambda_weight * dist)
+    return scale * (alignment(views) + lambda_weight * dist)
 
 
 def _swd(views, prior, lambda_weight, scale, hidden_norm, projection_noise,
@@ -437,7 +452,7 @@ def _swd(views, prior, lambda_weight, scale, hidden_norm, projection_noise,
     projection = orthogonal_from_noise(projection_noise)
     samples = prior_from_noise(prior, prior_noise)
     dist = sliced_wasserstein(stacked, samples, projection)
-    return scale * (_alignment(views) + lambda_weight * dist)
+    return scale * (alignment(views) + lambda_weight * dist)
 
 
 _LOSS_FUNCTIONS = {
@@ -494,128 +509,16 @@ _KCL_KERNEL_PAIRS = {
 # Helpers.
 # ---------------------------------------------------------------------------
 
-class _Views:
-    """The local rows, the global rows and where the local rows sit in them.
-
-    Attributes:
-        z1, z2: [n, d] float32 local rows.
-        z1_all, z2_all: [B, d] float32 global rows.
-        global_index: [n] int32, replica_id * n + i.
-        self_mask: [n, B] bool, True at (i, global_index[i]): the anchor's own
-            row in its view, and its positive in the other view.
-        global_size: B when static, else None.  global_rows: B, an int or a
-            scalar tensor.  dim: d.
-    """
-
-    def __init__(self, z1, z2, z1_all, z2_all, replica_id):
-        if (z1_all is None) != (z2_all is None):
-            raise ValueError("Pass both z1_all and z2_all, or neither.")
-        self.z1, self.z2 = _as_float32(z1), _as_float32(z2)
-        _check_rows("z1", self.z1, None)
-        _check_rows("z2", self.z2, self.z1)
-        if z1_all is None:
-            _check_single_device(replica_id)
-            self.z1_all, self.z2_all = self.z1, self.z2
-        else:
-            self.z1_all, self.z2_all = _as_float32(z1_all), _as_float32(z2_all)
-            _check_rows("z1_all", self.z1_all, self.z1, same_rows=False)
-            _check_rows("z2_all", self.z2_all, self.z1_all)
-        self.dim = self.z1.shape[1]
-        self.global_size, self.global_rows = _rows(self.z1_all)
-        if self.global_size is not None and self.global_size < 2:
-            raise ValueError("The global batch needs at least 2 rows, got "
-                             f"{self.global_size}.")
-        self.global_index = _global_index(replica_id, _rows(self.z1)[1])
-        columns = ops.arange(self.global_rows, dtype="int32")
-        self.self_mask = ops.equal(self.global_index[:, None], columns[None, :])
-
-    def normalized(self):
-        """A copy whose four matrices have L2-normalised rows."""
-        copy = object.__new__(_Views)
-        copy.__dict__.update(self.__dict__)
-        for name in ("z1", "z2", "z1_all", "z2_all"):
-            setattr(copy, name, l2_normalize(getattr(self, name)))
-        return copy
-
-    def directions(self):
-        """(anchor, partner, same-view global rows, other-view global rows)
-        for view 1 then view 2 as the anchor."""
-        return ((self.z1, self.z2, self.z1_all, self.z2_all),
-                (self.z2, self.z1, self.z2_all, self.z1_all))
-
-
-def _rows(x):
-    """(static row count or None, row count as an int or a scalar tensor)."""
-    static = x.shape[0]
-    return static, (static if static is not None else ops.shape(x)[0])
-
-
-def _global_index(replica_id, local_rows):
-    """[n] int32 global positions replica_id * n + i of the local rows."""
-    offset = ops.cast(replica_id, "int32") * local_rows
-    return offset + ops.arange(local_rows, dtype="int32")
-
-
-def _check_single_device(replica_id):
-    if isinstance(replica_id, (int, np.integer)) and replica_id != 0:
-        raise ValueError(
-            f"replica_id={replica_id} needs the gathered rows (z1_all, "
-            "z2_all); without them the local rows are the whole batch and "
-            "replica_id must be 0.")
-
-
-def _check_rows(what, x, like, same_rows=True):
-    """x must be a matrix; with `like`, of its width (and row count)."""
-    shape = tuple(x.shape)
-    if len(shape) != 2:
-        raise ValueError(
-            f"{what} must be an [rows, d] matrix, got shape {shape}.")
-    if like is not None:
-        expected = tuple(like.shape) if same_rows else (shape[0], like.shape[1])
-        if shape != expected:
-            raise ValueError(f"{what} must have shape {expected}, got {shape}.")
-
-
-def _as_float32(x):
-    return ops.cast(ops.convert_to_tensor(x), "float32")
-
-
-def _logits(anchors, candidates, temperature):
-    """[n, m] matrix anchors_i . candidates_j / temperature."""
-    return ops.matmul(anchors, ops.transpose(candidates)) / temperature
-
-
-def _rowdot(x, y):
-    return ops.sum(x * y, axis=1)
-
-
-def _mask(logits, mask):
-    # -inf rather than a large finite offset: exact, and safe in any dtype.
-    # No row is ever fully masked because the global batch has >= 2 rows.
-    return ops.where(mask, -np.inf, logits)
-
-
 def _squared_distance_from_cos(cos):
     """||u - v||^2 = 2 - 2 u.v for unit vectors, clamped at 0 against
     rounding, so no sqrt of a negative number is ever taken downstream."""
     return ops.maximum(2.0 - 2.0 * cos, 0.0)
 
 
-def _alignment(views):
-    """1/(2 B d) sum_i ||z1_i - z2_i||^2 (local anchors), the mean over all
-    entries, halved.  Works for unnormalised rows too."""
-    return 0.5 * ops.mean(ops.square(views.z1 - views.z2))
-
-
 def _check_choice(what, value, allowed):
     if value not in allowed:
         raise ValueError(
             f"Unknown {what} {value!r}; expected one of: {', '.join(allowed)}.")
-
-
-def _check_positive(what, value):
-    if isinstance(value, (int, float)) and not value > 0:
-        raise ValueError(f"{what} must be > 0, got {value!r}.")
 
 
 def _check_shape(what, value, expected):

@@ -17,7 +17,11 @@ import chunked_loss
 import objective
 from backend import dtype_name
 from backend import value_and_grad
+from test_objective import EXACT_ROWS
+from test_objective import all_rows_equal_loss
+from test_objective import numeric_grads
 from test_objective import random_views
+from test_objective import reference
 
 # Each at a small temperature: logits up to 1/0.05 = 20 for unit rows, up to
 # ~200 for the raw rows, where exp overflows float32 without the running max.
@@ -110,18 +114,37 @@ def test_replica_id_tensor_and_float16_inputs(name, params):
     np.testing.assert_allclose(float(chunked), float(whole), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["pairs_equal", "all_rows_equal"])
 @pytest.mark.parametrize("name,params", PER_LOSS, ids=PER_LOSS_IDS)
-def test_identical_embeddings_give_finite_loss_and_gradients(name, params, layout):
-    z1, _ = random_views(6, 4, seed=33)
-    if layout == "all_rows_equal":
-        z1 = np.repeat(z1[:1], 6, axis=0)
+def test_all_rows_equal_give_the_closed_form_loss_and_zero_gradients(name, params):
+    """Every logit 1 / tau (`test_objective.all_rows_equal_loss`); the
+    gradient along the common unit row is projected out by the
+    normalisation, so each row's is 0."""
+    z = np.repeat(EXACT_ROWS[:1], 6, axis=0)
+    expected = all_rows_equal_loss(name, params, EXACT_ROWS[0].astype(np.float64), 6)
     for chunk_size in (1, 4):
         value, grads = value_and_grad(
             lambda a, b: objective.compute_loss(name, a, b, chunk_size=chunk_size, **params),
-            z1, z1.copy())
-        assert np.isfinite(value)
-        assert all(np.all(np.isfinite(g)) for g in grads)
+            z, z.copy())
+        np.testing.assert_allclose(value, expected, rtol=1e-5, err_msg=f"chunk_size={chunk_size}")
+        for g in grads:
+            np.testing.assert_allclose(g, 0.0, atol=1e-5, err_msg=f"chunk_size={chunk_size}")
+
+
+@pytest.mark.parametrize("name,params", PER_LOSS, ids=PER_LOSS_IDS)
+def test_pairs_equal_give_the_reference_loss_and_gradients(name, params):
+    """z1 = z2: the float64 reference's value and finite differences."""
+    z = EXACT_ROWS.copy()
+    n1, n2 = numeric_grads(lambda a, b: reference(name, a, b, **params), z, z)
+    scale = max(1.0, np.abs(n1).max(), np.abs(n2).max())
+    for chunk_size in (1, 4):
+        value, (g1, g2) = value_and_grad(
+            lambda a, b: objective.compute_loss(name, a, b, chunk_size=chunk_size, **params),
+            z, z.copy())
+        what = f"chunk_size={chunk_size}"
+        np.testing.assert_allclose(value, reference(name, z, z, **params), rtol=1e-5,
+                                   err_msg=what)
+        np.testing.assert_allclose(g1, n1, rtol=1e-3, atol=1e-4 * scale, err_msg=what)
+        np.testing.assert_allclose(g2, n2, rtol=1e-3, atol=1e-4 * scale, err_msg=what)
 
 
 def test_large_batch_at_small_temperature_matches_the_whole_matrix():
@@ -303,8 +326,8 @@ def test_temperature_tensor_gets_its_gradient():
 
 def test_losses_without_a_chunked_form_refuse_chunk_size_in_one_line():
     z1, z2 = random_views(4, 3, seed=37)
-    assert set(chunked_loss.LOSSES) | set(chunked_loss.UNCHUNKED) == set(objective.LOSSES)
-    for name in chunked_loss.UNCHUNKED:
+    assert set(chunked_loss.LOSSES) | set(objective.UNCHUNKED) == set(objective.LOSSES)
+    for name in objective.UNCHUNKED:
         with pytest.raises(ValueError) as excinfo:
             objective.compute_loss(name, z1, z2, chunk_size=2)
         message = str(excinfo.value)

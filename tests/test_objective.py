@@ -4,6 +4,7 @@ The references below are written from the formulas (loops over anchors and
 pairs, plain sums of exponentials through a max-shifted log-sum-exp), not from
 the module's vectorised code, and they carry their own defaults.
 """
+import inspect
 import math
 import os
 import re
@@ -27,7 +28,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------
 
 def np_normalize(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    """Rows scaled to unit norm, x / sqrt(max(||x||^2, 1e-12)) as the module
+    documents it: a zero row stays zero."""
+    return x / np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), 1e-12))
+
+
+def np_squared_distance(u, v):
+    """The documented D^2 = max(0, 2 - 2 cos) of two normalised rows, taken
+    as ||u - v||^2 where both are unit rows (the same number without the
+    rounding of 2 - 2 cos near 0, which finite differences would magnify)."""
+    if abs(u @ u - 1) < 1e-9 and abs(v @ v - 1) < 1e-9:
+        return float(np.sum((u - v) ** 2))
+    return max(0.0, 2.0 - 2.0 * (u @ v))
 
 
 def np_lse(values):
@@ -120,10 +132,11 @@ def ref_kcl(z1, z2, kernel="gaussian", t=2.0, gamma=16.0):
     z1, z2 = np_normalize(z1), np_normalize(z2)
     k_uniform, k_align = _ref_kernels(kernel, t)
     size = len(z1)
-    alignment = np.mean([k_align(np.linalg.norm(z1[i] - z2[i])) for i in range(size)])
+    alignment = np.mean([k_align(math.sqrt(np_squared_distance(z1[i], z2[i])))
+                         for i in range(size)])
     energy = 0.0
     for x in (z1, z2):
-        energy += np.mean([k_uniform(np.linalg.norm(x[i] - x[j]))
+        energy += np.mean([k_uniform(math.sqrt(np_squared_distance(x[i], x[j])))
                            for i in range(size) for j in range(size) if i != j])
     return -2 * alignment + gamma * energy
 
@@ -131,10 +144,13 @@ def ref_kcl(z1, z2, kernel="gaussian", t=2.0, gamma=16.0):
 def ref_align_uniform(z1, z2, alpha=2.0, t=2.0, lambda_weight=1.0):
     z1, z2 = np_normalize(z1), np_normalize(z2)
     size = len(z1)
-    alignment = np.mean([np.linalg.norm(z1[i] - z2[i]) ** alpha for i in range(size)])
+    squared = [np_squared_distance(z1[i], z2[i]) for i in range(size)]
+    # For alpha != 2, D^alpha = max(D^2, 1e-12)^(alpha / 2), the documented floor.
+    alignment = np.mean(squared if alpha == 2 else
+                        [max(d2, 1e-12) ** (alpha / 2) for d2 in squared])
 
     def uniformity(x):
-        potentials = [math.exp(-t * np.sum((x[i] - x[j]) ** 2))
+        potentials = [math.exp(-t * np_squared_distance(x[i], x[j]))
                       for i in range(size) for j in range(i + 1, size)]
         return math.log(np.mean(potentials))
     return alignment + lambda_weight * (uniformity(z1) + uniformity(z2)) / 2
@@ -471,30 +487,164 @@ def test_half_precision_inputs_give_float32_result(name, params, dtype):
                                atol=tolerance * max(1.0, abs(exact)))
 
 
-@pytest.mark.parametrize("layout", ["pairs_equal", "all_rows_equal"])
+# Six rows of 5 entries whose norms are powers of two (integer rows of norm 8,
+# scaled by 2^k), so that the unit rows (entries k / 8) and their cosines
+# (multiples of 1/64, the five of each row with the others all different)
+# are exact in float32. With rows whose cos = 1 is off by one rounding,
+# D^2 ~ 1e-7 is of the order of the Riesz guard (1e-6) and moves that
+# kernel's value by a few percent and its gradient by ~1e5.
+EXACT_ROWS = np.array([[7, 3, 2, 1, 1], [6, -4, 2, 2, -2], [-5, 5, 3, 2, 1],
+                       [3, -1, 6, -3, 3], [1, -1, 1, 6, 5], [-6, 2, 4, 2, 2]], np.float32) \
+    * np.array([[2.0], [0.5], [1.0], [4.0], [1.0], [2.0]], np.float32) / 8
+
+
+def reference_defaults(name, params):
+    """`params` completed with the defaults of the loss's numpy reference."""
+    signature = inspect.signature(REFERENCES[name])
+    return dict({k: p.default for k, p in signature.parameters.items()
+                 if p.default is not inspect.Parameter.empty}, **params)
+
+
+def all_rows_equal_loss(name, params, row, size):
+    """The loss of `size` pairs whose 2 * size rows all equal `row`, in closed
+    form. With unit rows u (or raw rows r, where the loss does not
+    normalise) every logit is u.u / tau = 1 / tau and every D^2 is 0, so:
+    NT-Xent's LSE runs over 2B - 1 equal logits, la_i = log(2B - 1); DCL's
+    over 2B - 2; hard's over the positive and K negatives; dhel's over B - 1;
+    decoupled's over all 2B rows; and sliced Wasserstein (one point against
+    the prior sample q, W orthogonal) is mean_r ||h - q_r||^2 / d."""
+    p = reference_defaults(name, params)
+    b, d = size, len(row)
+    unit = row / np.linalg.norm(row)
+    if name == "ntxent" or (name == "hard" and p["num_negatives"] is None):
+        return 2 * math.log(2 * b - 1)
+    if name == "hard":
+        return 2 * math.log(1 + min(p["num_negatives"], 2 * b - 2))
+    if name == "dcl":
+        return 2 * math.log(2 * b - 2)
+    if name == "simple":
+        weight = 1 / (2 * b - 2) if p["lambda_weight"] is None else p["lambda_weight"]
+        return 2 * (-1 + weight * (2 * b - 2))
+    if name == "dhel":
+        return math.log(b - 1) + (math.log(b - 1) + 1 / p["temperature"]
+                                  if p["include_augs"] else 0.0)
+    if name == "kcl":
+        # -2 K_A(0) + gamma (K_U(0) + K_U(0)), K_A(0) = K_U(0) for every
+        # kernel (Riesz at the guarded distance sqrt(1e-6)).
+        t = p["t"]
+        at_zero = {"gaussian": 1.0, "log": 0.0, "imq": 1.0,
+                   "riesz": (1.0 if t > 0 else -1.0) * 1e-6 ** (-t / 2)}[p["kernel"]]
+        return (2 * p["gamma"] - 2) * at_zero
+    if name == "align_uniform":
+        return 0.0 if p["alpha"] == 2 else 1e-12 ** (p["alpha"] / 2)
+    if name == "decoupled":
+        h = unit if p["hidden_norm"] else row
+        return p["scale"] * p["lambda_weight"] * (h @ h / p["temperature"]
+                                                  + math.log(2 * b / d))
+    assert name == "swd"
+    hidden_norm = p["hidden_norm"]
+    if hidden_norm is None:
+        hidden_norm = p["prior"] == "uniform_hypersphere"
+    h = unit if hidden_norm else row
+    prior = ref_prior(p["prior"], p["prior_noise"])
+    return p["scale"] * p["lambda_weight"] * np.mean(np.sum((h - prior) ** 2, axis=1)) / d
+
+
+def picks_among_ties(name, params):
+    """The loss picks among equal candidates (the top-k of hard with K
+    negatives, the sorts of swd), so that with ties its gradient reaches
+    the one picked, not each alike."""
+    return name == "swd" or (name == "hard" and params.get("num_negatives") is not None)
+
+
+def float32_gradient_noise(name, params):
+    """The gradient's rounding at identical rows: float32 resolution (1e-7)
+    times the largest derivative of the loss in one cosine, which only the
+    Riesz kernel makes large: 2 gamma |dK/dD^2| at D = 0, |s|/2 1e-6^(-s/2-1)."""
+    p = reference_defaults(name, params)
+    if name != "kcl" or p["kernel"] != "riesz":
+        return 0.0
+    s = p["t"]
+    return 1e-7 * 2 * p["gamma"] * abs(s) / 2 * 1e-6 ** (-s / 2 - 1)
+
+
 @pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
-def test_identical_embeddings_give_finite_loss_and_gradients(name, params, layout):
-    z1, _ = random_views(6, 4, seed=8)
-    if layout == "all_rows_equal":
-        z1 = np.repeat(z1[:1], 6, axis=0)
-    params = with_noise(name, params, 6, 4)
-    loss, g1, g2 = loss_and_grads(name, z1, z1.copy(), **params)
-    assert np.isfinite(float(loss))
-    assert np.all(np.isfinite(g1)) and np.all(np.isfinite(g2))
+def test_all_rows_equal_give_the_closed_form_loss_and_gradients(name, params):
+    row = EXACT_ROWS[0].astype(np.float64)
+    z = np.repeat(EXACT_ROWS[:1], 6, axis=0)
+    params = with_noise(name, params, 6, 5)
+    loss, g1, g2 = loss_and_grads(name, z, z.copy(), **params)
+    expected = all_rows_equal_loss(name, params, row, 6)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    # The sum of the row gradients is the derivative of the closed form in
+    # the common row: 0 where it does not depend on the row.
+    [total] = numeric_grads(lambda r, _: all_rows_equal_loss(name, params, r[0], 6),
+                            row[None], row[None])[:1]
+    atol = 1e-5 * max(1.0, np.abs(total).max()) + 10 * float32_gradient_noise(name, params)
+    np.testing.assert_allclose((g1 + g2).sum(axis=0), total[0], atol=atol)
+    # Every row alike, each gets 1 / (2B) of it (so 0 for the unit-row
+    # losses, whose gradient along u the normalisation projects out), unless
+    # a pick among the tied rows gives it to some: the sorts of swd, and
+    # the top-k of hard, where raw rows (no projection) keep it.
+    if not (picks_among_ties(name, params)
+            and (name == "swd" or params.get("hidden_norm") is False)):
+        for g in (g1, g2):
+            np.testing.assert_allclose(g, np.broadcast_to(total / 12, g.shape), atol=atol)
+
+
+@pytest.mark.parametrize("name,params", CONFIGS, ids=CONFIG_IDS)
+def test_pairs_equal_give_the_reference_loss_and_gradients(name, params):
+    z = EXACT_ROWS.copy()
+    params = with_noise(name, params, 6, 5)
+    loss, g1, g2 = loss_and_grads(name, z, z.copy(), **params)
+    np.testing.assert_allclose(loss, reference(name, z, z, **params), rtol=1e-5, atol=1e-5)
+    # Moving both views of a pair together keeps every tie: the sum of the
+    # two views' gradients is the gradient of z -> L(z, z).
+    [shared] = numeric_grads(lambda a, _: reference(name, a, a, **params), z, z)[:1]
+    scale = max(1.0, np.abs(shared).max())
+    noise = 10 * float32_gradient_noise(name, params)
+    np.testing.assert_allclose(g1 + g2, shared, rtol=1e-3, atol=1e-4 * scale + noise)
+    if not picks_among_ties(name, params):
+        n1, n2 = numeric_grads(lambda a, b: reference(name, a, b, **params), z, z)
+        np.testing.assert_allclose(g1, n1, rtol=1e-3, atol=1e-4 * scale + noise)
+        np.testing.assert_allclose(g2, n2, rtol=1e-3, atol=1e-4 * scale + noise)
 
 
 def test_zero_rows_normalise_to_zero_with_finite_gradients():
     x = np.zeros((3, 4), np.float32)
     assert np.all(np.asarray(objective.l2_normalize(x)) == 0)
     _, (grad,) = value_and_grad(lambda v: ops.sum(objective.l2_normalize(v)), x)
-    assert np.all(np.isfinite(grad))
+    # Below the 1e-12 floor of ||x||^2 the rows are scaled by 1e6.
+    np.testing.assert_allclose(grad, 1e6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", objective.LOSSES)
+def test_a_zero_row_gives_the_reference_loss_and_gradients(name):
+    """A zero row normalises to zero (x / sqrt(max(||x||^2, 1e-12))): the
+    loss is the reference's with that row at the origin, and its gradient
+    the reference's finite differences, taken for the zero row with a step
+    of 1e-12 (a unit-row step of 1e-6, inside the floor)."""
     z1, z2 = random_views(6, 4, seed=9)
     z1[2] = 0.0
-    for name in objective.LOSSES:
-        params = with_noise(name, {}, 6, 4)
-        loss, g1, g2 = loss_and_grads(name, z1, z2, **params)
-        assert np.isfinite(float(loss)), name
-        assert np.all(np.isfinite(g1)) and np.all(np.isfinite(g2)), name
+    params = with_noise(name, {}, 6, 4)
+    loss, g1, g2 = loss_and_grads(name, z1, z2, **params)
+    np.testing.assert_allclose(loss, reference(name, z1, z2, **params), rtol=1e-5, atol=1e-5)
+    steps = np.full(z1.shape, 1e-6)
+    steps[2] = 1e-12
+    args = [z1.astype(np.float64), z2.astype(np.float64)]
+    for which, got in enumerate((g1, g2)):
+        expected = np.zeros(z1.shape)
+        for index in np.ndindex(z1.shape):
+            step = steps[index] if which == 0 else 1e-6
+            values = []
+            for sign in (1, -1):
+                moved = [a.copy() for a in args]
+                moved[which][index] += sign * step
+                values.append(reference(name, *moved, **params))
+            expected[index] = (values[0] - values[1]) / (2 * step)
+        scale = max(1.0, np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=f"z{which + 1}")
 
 
 def test_normalisation_happens_in_float32():
@@ -506,13 +656,54 @@ def test_normalisation_happens_in_float32():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=1), 1.0, rtol=1e-3)
 
 
+def rowwise_lse(anchors, candidates, *excluded, block=512):
+    """float64 LSE of each anchor's logits a . c over the candidate rows,
+    leaving out column e[i] of row i for each array e of `excluded`, a block
+    of anchors at a time."""
+    out = np.empty(len(anchors))
+    for start in range(0, len(anchors), block):
+        logits = anchors[start:start + block] @ candidates.T
+        rows = np.arange(len(logits))
+        for columns in excluded:
+            logits[rows, columns[start:start + block]] = -np.inf
+        top = logits.max(axis=1, keepdims=True)
+        out[start:start + block] = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return out
+
+
+def large_batch_reference(name, z1, z2, temperature, hidden_norm=True):
+    """ntxent, dcl, dhel and decoupled of the docstrings' formulas, in
+    float64 over blocks of anchors (a [2B, 2B] float64 matrix would take
+    512 MiB at B = 4096)."""
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    if hidden_norm or name == "dhel":
+        z1, z2 = np_normalize(z1), np_normalize(z2)
+    size, dim = z1.shape
+    a, b = z1 / temperature, z2 / temperature
+    index = np.arange(size)
+    positive = np.sum(a * z2, axis=1)
+    if name == "dhel":
+        return np.mean(-positive + rowwise_lse(a, z1, index) + rowwise_lse(b, z2, index))
+    if name == "decoupled":
+        stacked = np.concatenate([z1, z2])
+        dist = np.mean(rowwise_lse(stacked / temperature, stacked) - math.log(dim))
+        return np.sum((z1 - z2) ** 2) / (2 * size * dim) + dist
+    total = 0.0
+    for anchors, partners, scaled in ((z1, z2, a), (z2, z1, b)):
+        # The anchor itself left out; for dcl its positive too.
+        left_out = [index + size] + ([index] if name == "dcl" else [])
+        lse = rowwise_lse(scaled, np.concatenate([partners, anchors]), *left_out)
+        total += np.mean(lse - np.sum(scaled * partners, axis=1))
+    return total
+
+
 @pytest.mark.parametrize("name,params", [
     ("ntxent", {}), ("dcl", {}), ("dhel", {}), ("decoupled", {}),
     ("ntxent", {"hidden_norm": False}), ("dcl", {"hidden_norm": False}),
     ("decoupled", {"hidden_norm": False}),
 ], ids=["ntxent", "dcl", "dhel", "decoupled", "ntxent-raw", "dcl-raw",
         "decoupled-raw"])
-def test_small_temperature_large_batch_does_not_overflow(name, params):
+def test_small_temperature_large_batch_matches_float64(name, params):
     # Raw rows of norm ~4 give logits up to ~16 / 0.05 = 320: exp overflows
     # float32 (max ~e^88) unless log-sum-exp is used throughout.
     size, dim = 4096, 4
@@ -520,19 +711,8 @@ def test_small_temperature_large_batch_does_not_overflow(name, params):
     z1 = (2 * rng.randn(size, dim)).astype(np.float32)
     z2 = (z1 + 0.1 * rng.randn(size, dim)).astype(np.float32)
     loss = float(objective.compute_loss(name, z1, z2, temperature=0.05, **params))
-    assert np.isfinite(loss)
-    if name == "ntxent":
-        # Vectorised float64 check of the value at this scale.
-        a, b = (np_normalize(z1.astype(np.float64)), np_normalize(z2.astype(np.float64))) \
-            if params.get("hidden_norm", True) else (z1.astype(np.float64),
-                                                    z2.astype(np.float64))
-        total = 0.0
-        for x, y in ((a, b), (b, a)):
-            cross, same = x @ y.T / 0.05, x @ x.T / 0.05
-            np.fill_diagonal(same, -np.inf)
-            lse = scipy.special.logsumexp(np.concatenate([cross, same], 1), axis=1)
-            total += np.mean(lse - np.diag(cross))
-        np.testing.assert_allclose(loss, total, rtol=1e-4)
+    expected = large_batch_reference(name, z1, z2, 0.05, params.get("hidden_norm", True))
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------
