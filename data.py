@@ -148,7 +148,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     def train_view(image, view_seed):
         # Colour distortion runs on whole batches (batch_fn).
         return data_util.preprocess_image(
-            image, image_size, image_size, is_training=True, color_distort=False,
+            image, image_size, image_size, is_training=True,
             area_range=area_range, flip=flip, seed=view_seed)
 
     def input_fn(input_context=None):

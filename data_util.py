@@ -10,14 +10,15 @@ A pretraining view is, in this order:
    (at least 0.1 in practice, see `crop_and_resize`), with aspect ratio in
    [3/4, 4/3] relative to the output, resized bicubically;
 2. a horizontal flip with probability 1/2;
-3. colour distortion, when its strength is above 0: colour jitter with
-   probability 0.8, then grayscale with probability 0.2;
+3. colour distortion, when its strength is above 0 (`data.build_input_fn`
+   skips it at 0, grayscale included): colour jitter with probability 0.8,
+   then grayscale with probability 0.2 (`batch_random_color_jitter`);
 4. a Gaussian blur with one random sigma per batch, kept for each example
    with probability 1/2 (`batch_random_blur`).
 
-`preprocess_for_train` makes steps 1-3 for one image. The input pipeline
-(`data.py`) runs steps 1-2 per example and 3-4 on whole batches
-(`batch_random_color_jitter`, the same law with whole-batch ops).
+Steps 1-2 run per example (`preprocess_for_train`), steps 3-4 on whole
+batches of views (`batch_random_color_jitter`, `batch_random_blur`); the
+input pipeline (`data.py`) chains them.
 
 Randomness. Every random function takes `seed`, a [2] int32/int64 tensor,
 and draws with stateless ops only (`tf.random.stateless_*`,
@@ -26,8 +27,6 @@ gives the same view on every run and every machine, whatever order a
 parallel pipeline runs in. `seed=None` draws one seed from TensorFlow's
 global generator (so `tf.random.set_seed` makes a run repeatable).
 """
-
-import functools
 
 import tensorflow as tf
 
@@ -71,140 +70,6 @@ def to_grayscale(image, keep_channels=True):
     if keep_channels:
         image = tf.image.grayscale_to_rgb(image)
     return image
-
-
-def _random_factor(max_delta, seed):
-    """Draws a factor f ~ U[max(0, 1 - max_delta), 1 + max_delta]."""
-    max_delta = tf.cast(max_delta, tf.float32)
-    lower = tf.maximum(1.0 - max_delta, 0.0)
-    return _uniform(_seeds(seed, 1)[0], lower, 1.0 + max_delta)
-
-
-def random_brightness(image, max_delta, seed=None):
-    """Scales brightness by a random factor: y = f x.
-
-    The factor is f ~ U[max(0, 1 - max_delta), 1 + max_delta]. SimCLR v2 uses
-    this multiplicative form rather than the additive shift of
-    `tf.image.random_brightness`.
-    """
-    return image * _random_factor(max_delta, seed)
-
-
-def _random_contrast(image, max_delta, seed=None):
-    """Adjusts contrast by a random factor, per channel.
-
-    Computes y = m + f (x - m), with m the channel's mean over the image and
-    f ~ U[max(0, 1 - max_delta), 1 + max_delta]. The floor at 0 only matters
-    for max_delta > 1; it stops the image from being inverted.
-    """
-    return tf.image.adjust_contrast(image, _random_factor(max_delta, seed))
-
-
-def _random_saturation(image, max_delta, seed=None):
-    """Scales HSV saturation by f ~ U[max(0, 1 - max_delta), 1 + max_delta].
-
-    The scaled saturation is clipped to [0, 1]. Hue and value are kept.
-    """
-    return tf.image.adjust_saturation(image, _random_factor(max_delta, seed))
-
-
-def _random_hue(image, max_delta, seed=None):
-    """Rotates HSV hue by d ~ U[-max_delta, max_delta], in turns (mod 1)."""
-    delta = _uniform(_seeds(seed, 1)[0], -max_delta, max_delta)
-    return tf.image.adjust_hue(image, delta)
-
-
-def _identity(image, seed=None):
-    del seed
-    return tf.identity(image)
-
-
-def _jitter_transforms(brightness, contrast, saturation, hue):
-    """Lists the four jitter ops in canonical order.
-
-    An op whose strength is 0 is replaced by the identity. Strengths are
-    Python numbers. Each transform is called as `transform(image, seed)`.
-    """
-    ops = (
-        (brightness, random_brightness),
-        (contrast, _random_contrast),
-        (saturation, _random_saturation),
-        (hue, _random_hue),
-    )
-    transforms = []
-    for strength, op in ops:
-        if strength != 0:
-            transforms.append(functools.partial(op, max_delta=strength))
-        else:
-            transforms.append(_identity)
-    return transforms
-
-
-def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0,
-                         seed=None):
-    """Applies brightness, contrast, saturation and hue jitter in that order.
-
-    Each argument is the strength of its op: the brightness, contrast and
-    saturation factors are drawn from U[max(0, 1 - s), 1 + s], and the hue
-    shift from U[-s, s]. An op with strength 0 is skipped. The image is
-    clipped to [0, 1] after each op.
-    """
-    transforms = _jitter_transforms(brightness, contrast, saturation, hue)
-    for transform, op_seed in zip(transforms, _seeds(seed, len(transforms))):
-        image = tf.clip_by_value(transform(image, seed=op_seed), 0.0, 1.0)
-    return image
-
-
-def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0,
-                      seed=None):
-    """Applies the four jitter ops of `color_jitter_nonrand` in a random order.
-
-    The order is a uniformly random permutation of the four ops (the argsort
-    of four uniform draws). The image is clipped to [0, 1] after each op.
-    """
-    transforms = _jitter_transforms(brightness, contrast, saturation, hue)
-    order_seed, *op_seeds = _seeds(seed, len(transforms) + 1)
-    order = tf.argsort(_uniform(order_seed, shape=[len(transforms)]))
-    for i in range(len(transforms)):
-        # Every branch preserves shape and dtype, so one switch serves all
-        # positions in graph mode. Op k keeps its own seed wherever it runs.
-        branches = [functools.partial(t, image, seed=s)
-                    for t, s in zip(transforms, op_seeds)]
-        image = tf.switch_case(order[i], branch_fns=branches)
-        image = tf.clip_by_value(image, 0.0, 1.0)
-    return image
-
-
-def color_jitter(image, strength, random_order=True, seed=None):
-    """Jitters colour with strengths scaled by `strength` = s.
-
-    Brightness, contrast and saturation get strength 0.8 s, and hue gets
-    0.2 s. The ops run in a random order unless `random_order` is False.
-    """
-    strengths = dict(brightness=0.8 * strength, contrast=0.8 * strength,
-                     saturation=0.8 * strength, hue=0.2 * strength)
-    if random_order:
-        return color_jitter_rand(image, seed=seed, **strengths)
-    return color_jitter_nonrand(image, seed=seed, **strengths)
-
-
-def random_color_jitter(image, p=1.0, strength=1.0, seed=None):
-    """Applies SimCLR's colour distortion with probability `p`.
-
-    The distortion is colour jitter (see `color_jitter`) with probability
-    0.8, followed, independently, by grayscale with probability 0.2. So an
-    output is grayscale with probability 0.2 p.
-    """
-    def _jitter(image, seed):
-        return color_jitter(image, strength=strength, seed=seed)
-
-    def _distort(image, seed):
-        jitter_seed, gray_seed = _seeds(seed, 2)
-        image = random_apply(_jitter, p=0.8, x=image, seed=jitter_seed)
-        return random_apply(lambda x, _: to_grayscale(x), p=0.2, x=image,
-                            seed=gray_seed)
-
-    return random_apply(_distort, p=p, x=image, seed=seed)
 
 
 def _per_example(values):
@@ -256,17 +121,18 @@ def batch_color_jitter_draws(batch_size, strength, seed):
 
 
 def batch_random_color_jitter(images, strength, seed=None):
-    """SimCLR's colour distortion (`random_color_jitter` with p = 1) for a
-    batch [b, H, W, 3], every example with draws of its own.
+    """SimCLR's colour distortion at strength s = `strength` for a batch
+    [b, H, W, 3], every example with draws of its own.
 
-    Per example: with probability 0.8 colour jitter — brightness, contrast,
-    saturation (factors U[max(0, 1 - 0.8 s), 1 + 0.8 s]) and hue (shift
-    U[-0.2 s, 0.2 s]) in a random order, clipped to [0, 1] after each —
-    then, independently, grayscale with probability 0.2. The same law as
-    the per-image functions, computed with whole-batch ops: at each of the
-    four positions all four ops run on the batch and each example keeps the
-    one its order puts there, which costs a fraction of one small-op chain
-    per example in a tf.data map.
+    Per example: with probability 0.8 colour jitter — brightness (y = f x),
+    contrast, saturation (factors f ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s]) and
+    hue (shift U[-0.2 s, 0.2 s] turns) in a random order, clipped to [0, 1]
+    after each — then, independently, grayscale with probability 0.2.
+    Contrast, saturation and hue compute what `tf.image.adjust_contrast`,
+    `adjust_saturation` and `adjust_hue` compute per image. The ops run on
+    the whole batch: at each of the four positions all four run and each
+    example keeps the one its order puts there, which costs a fraction of
+    one small-op chain per example in a tf.data map.
     """
     factors, order, jitter, grayscale = batch_color_jitter_draws(
         tf.shape(images)[0], strength, seed)
@@ -483,34 +349,26 @@ def batch_random_blur(images_list, height, width, blur_probability=0.5,
 def preprocess_for_train(image,
                          height,
                          width,
-                         color_distort=True,
                          crop=True,
                          flip=True,
-                         color_jitter_strength=1.0,
                          area_range=(0.08, 1.0),
                          seed=None):
-    """Makes one training view of `image`, a float [H, W, 3] tensor in [0, 1].
+    """Makes the per-example part of a training view of `image`, a float
+    [H, W, 3] tensor in [0, 1] (steps 1-2 of the module docstring).
 
-    The steps are a random resized crop (if `crop`), a horizontal flip with
-    probability 1/2 (if `flip`), and colour distortion at
-    `color_jitter_strength` (if `color_distort` and the strength is above 0,
-    as in the original: strength 0 skips the random grayscale too). The
-    result is clipped to [0, 1]. Without `crop`, the image must already be
-    [height, width].
+    The steps are a random resized crop (if `crop`) and a horizontal flip
+    with probability 1/2 (if `flip`). The result is clipped to [0, 1].
+    Without `crop`, the image must already be [height, width].
 
     Returns:
       A [height, width, 3] float32 tensor.
     """
-    crop_seed, flip_seed, color_seed = _seeds(seed, 3)
+    crop_seed, flip_seed = _seeds(seed, 2)
     if crop:
         image = random_crop_with_resize(image, height, width,
                                         area_range=area_range, seed=crop_seed)
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    if color_distort and color_jitter_strength > 0:
-        image = random_color_jitter(image, p=1.0,
-                                    strength=color_jitter_strength,
-                                    seed=color_seed)
     image = tf.reshape(image, [height, width, 3])
     return tf.clip_by_value(image, 0.0, 1.0)
 
@@ -547,9 +405,7 @@ def preprocess_image(image,
                      height,
                      width,
                      is_training=False,
-                     color_distort=True,
                      test_crop=True,
-                     color_jitter_strength=1.0,
                      area_range=(0.08, 1.0),
                      flip=True,
                      seed=None):
@@ -568,8 +424,5 @@ def preprocess_image(image,
     image = _ensure_rgb(image)
     if is_training:
         return preprocess_for_train(
-            image, height, width,
-            color_distort=color_distort,
-            color_jitter_strength=color_jitter_strength,
-            area_range=area_range, flip=flip, seed=seed)
+            image, height, width, area_range=area_range, flip=flip, seed=seed)
     return preprocess_for_eval(image, height, width, crop=test_crop)
