@@ -89,18 +89,21 @@ def synchronized_bn(global_bn):
 
 class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose training-mode call on a 4-D
-    batch under TensorFlow runs TensorFlow's fused kernel
-    (`tf_kernels.batch_norm_training`): the same normalisation, gradients
-    and moving averages, about 4 times faster forward and backward on CPU.
-    Other backends, inference, a frozen layer and batch norm synchronised
-    over several replicas take Keras's own path."""
+    batch runs the fused kernel of the Keras backend when one is registered
+    in `fused_training` (`tf_kernels.py` registers TensorFlow's, the same
+    normalisation, gradients and moving averages, about 4 times faster
+    forward and backward on CPU). Inference, a frozen layer, a backend
+    without one, and a kernel that declines (returns None) take Keras's
+    own path."""
+
+    # {backend name: fn(layer, inputs) -> outputs, or None to decline}.
+    fused_training = {}
 
     def call(self, inputs, training=None, mask=None):
-        if (training and self.trainable and mask is None and not self.renorm
-                and keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
-                and self.axis in (-1, 3)):
-            import tf_kernels  # the TensorFlow edge; the core itself imports no TensorFlow
-            outputs = tf_kernels.batch_norm_training(self, inputs)
+        kernel = self.fused_training.get(keras.backend.backend())
+        if (kernel is not None and training and self.trainable and mask is None
+                and not self.renorm and len(inputs.shape) == 4 and self.axis in (-1, 3)):
+            outputs = kernel(self, inputs)
             if outputs is not None:
                 return outputs
         return super().call(inputs, training=training, mask=mask)
@@ -320,15 +323,18 @@ class ProjectionShortcut(keras.layers.Layer):
         return self.batch_norm(self.conv(inputs), training=training)
 
 
-class ResidualBlock(keras.layers.Layer):
-    """Basic block (ResNet-18/34): relu(shortcut(x) + F(x)).
+class _Block(keras.layers.Layer):
+    """A residual block: relu(shortcut(x) + F(x)).
 
-    F(x) = BN0(conv3x3(relu(BN(conv3x3_stride(x))))), with BN0's gamma
-    initialised to 0, followed by SE when `se_ratio > 0`. The shortcut is the
-    identity, or `ProjectionShortcut` when `use_projection`. Selective Kernels
-    apply to bottlenecks only, so here `sk_ratio > 0` changes only the
-    projection to its ResNet-D form.
+    The shortcut is the identity, or `ProjectionShortcut` when
+    `use_projection` (in its ResNet-D form when `sk_ratio > 0`); an SE gate
+    of max(1, int(filters * se_ratio)) channels ends F when `se_ratio > 0`.
+    Subclasses make F: its layers in `_make_residual`, which it builds in
+    `_build_residual` and runs in `_residual`; F has
+    `expansion * filters` output channels.
     """
+
+    expansion = 1
 
     def __init__(
         self,
@@ -342,96 +348,88 @@ class ResidualBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        bn_args = dict(
-            batch_norm_decay=batch_norm_decay, synchronized=synchronized_bn
-        )
         self.filters = filters
-        self.out_channels = filters
+        self.out_channels = self.expansion * filters
         self.projection = None
         if use_projection:
             self.projection = ProjectionShortcut(
-                filters,
+                self.out_channels,
                 strides,
                 resnet_d=sk_ratio > 0,
                 batch_norm_decay=batch_norm_decay,
                 synchronized_bn=synchronized_bn,
                 name="projection",
             )
-        self.conv_0 = Conv2DFixedPadding(filters, 3, strides, name="conv_0")
-        self.batch_norm_0 = batch_norm("batch_normalization_0", **bn_args)
-        self.conv_1 = Conv2DFixedPadding(filters, 3, 1, name="conv_1")
-        self.batch_norm_1 = batch_norm(
-            "batch_normalization_1", zero_init=True, **bn_args
+        self._make_residual(
+            strides,
+            sk_ratio,
+            dict(batch_norm_decay=batch_norm_decay, synchronized=synchronized_bn),
         )
         self.squeeze_excitation = None
         if se_ratio > 0:
             self.squeeze_excitation = SqueezeExcitation(
                 max(1, int(filters * se_ratio)),
-                filters,
+                self.out_channels,
                 name="squeeze_excitation",
             )
 
     def build(self, input_shape):
         if self.projection is not None:
             self.projection.build(input_shape)
-        inner = channels_shape(self.filters)
-        self.conv_0.build(input_shape)
-        self.batch_norm_0.build(inner)
-        self.conv_1.build(inner)
-        self.batch_norm_1.build(inner)
+        self._build_residual(input_shape)
         if self.squeeze_excitation is not None:
-            self.squeeze_excitation.build(inner)
+            self.squeeze_excitation.build(channels_shape(self.out_channels))
 
     def call(self, inputs, training=None):
         shortcut = inputs
         if self.projection is not None:
             shortcut = self.projection(inputs, training=training)
-
-        x = self.batch_norm_0(self.conv_0(inputs), training=training)
-        x = self.batch_norm_1(self.conv_1(ops.relu(x)), training=training)
+        x = self._residual(inputs, training)
         if self.squeeze_excitation is not None:
             x = self.squeeze_excitation(x)
         return ops.relu(x + shortcut)
 
 
-class BottleneckBlock(keras.layers.Layer):
-    """Bottleneck block (ResNet-50 and deeper): relu(shortcut(x) + F(x)).
-
-    F(x) = BN0(conv1x1_4F(relu(BN(conv3x3_stride(relu(BN(conv1x1_F(x)))))))),
-    with BN0's gamma initialised to 0 and the stride on the 3x3 conv. With
-    `sk_ratio > 0` the 3x3 conv and its BN-ReLU are a `SelectiveKernelConv`
-    and the projection takes its ResNet-D form; with `se_ratio > 0` an SE gate
-    follows BN0. The output has 4F channels.
+class ResidualBlock(_Block):
+    """Basic block (ResNet-18/34): F(x) = BN0(conv3x3(relu(BN(conv3x3_stride(x))))),
+    with BN0's gamma initialised to 0 (see `_Block` for the shortcut and SE).
+    Selective Kernels apply to bottlenecks only, so here `sk_ratio > 0`
+    changes only the projection to its ResNet-D form.
     """
 
-    def __init__(
-        self,
-        filters,
-        strides,
-        use_projection=False,
-        sk_ratio=0.0,
-        se_ratio=0.0,
-        batch_norm_decay=0.9,
-        synchronized_bn=False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        bn_args = dict(
-            batch_norm_decay=batch_norm_decay, synchronized=synchronized_bn
+    def _make_residual(self, strides, sk_ratio, bn_args):
+        del sk_ratio
+        self.conv_0 = Conv2DFixedPadding(self.filters, 3, strides, name="conv_0")
+        self.batch_norm_0 = batch_norm("batch_normalization_0", **bn_args)
+        self.conv_1 = Conv2DFixedPadding(self.filters, 3, 1, name="conv_1")
+        self.batch_norm_1 = batch_norm(
+            "batch_normalization_1", zero_init=True, **bn_args
         )
-        out_channels = 4 * filters
-        self.filters = filters
-        self.out_channels = out_channels
-        self.projection = None
-        if use_projection:
-            self.projection = ProjectionShortcut(
-                out_channels,
-                strides,
-                resnet_d=sk_ratio > 0,
-                batch_norm_decay=batch_norm_decay,
-                synchronized_bn=synchronized_bn,
-                name="projection",
-            )
+
+    def _build_residual(self, input_shape):
+        inner = channels_shape(self.filters)
+        self.conv_0.build(input_shape)
+        self.batch_norm_0.build(inner)
+        self.conv_1.build(inner)
+        self.batch_norm_1.build(inner)
+
+    def _residual(self, inputs, training):
+        x = self.batch_norm_0(self.conv_0(inputs), training=training)
+        return self.batch_norm_1(self.conv_1(ops.relu(x)), training=training)
+
+
+class BottleneckBlock(_Block):
+    """Bottleneck block (ResNet-50 and deeper):
+    F(x) = BN0(conv1x1_4F(relu(BN(conv3x3_stride(relu(BN(conv1x1_F(x)))))))),
+    with BN0's gamma initialised to 0 and the stride on the 3x3 conv; with
+    `sk_ratio > 0` the 3x3 conv and its BN-ReLU are a `SelectiveKernelConv`.
+    The output has 4F channels (see `_Block` for the shortcut and SE).
+    """
+
+    expansion = 4
+
+    def _make_residual(self, strides, sk_ratio, bn_args):
+        filters = self.filters
         self.conv_0 = Conv2DFixedPadding(filters, 1, 1, name="conv_0")
         self.batch_norm_0 = batch_norm("batch_normalization_0", **bn_args)
         if sk_ratio > 0:
@@ -439,31 +437,21 @@ class BottleneckBlock(keras.layers.Layer):
                 filters,
                 strides,
                 sk_ratio,
-                batch_norm_decay=batch_norm_decay,
-                synchronized_bn=synchronized_bn,
+                batch_norm_decay=bn_args["batch_norm_decay"],
+                synchronized_bn=bn_args["synchronized"],
                 name="selective_kernel_1",
             )
         else:
             self.selective_kernel = None
             self.conv_1 = Conv2DFixedPadding(filters, 3, strides, name="conv_1")
             self.batch_norm_1 = batch_norm("batch_normalization_1", **bn_args)
-        self.conv_2 = Conv2DFixedPadding(out_channels, 1, 1, name="conv_2")
+        self.conv_2 = Conv2DFixedPadding(self.out_channels, 1, 1, name="conv_2")
         self.batch_norm_2 = batch_norm(
             "batch_normalization_2", zero_init=True, **bn_args
         )
-        self.squeeze_excitation = None
-        if se_ratio > 0:
-            self.squeeze_excitation = SqueezeExcitation(
-                max(1, int(filters * se_ratio)),
-                out_channels,
-                name="squeeze_excitation",
-            )
 
-    def build(self, input_shape):
-        if self.projection is not None:
-            self.projection.build(input_shape)
+    def _build_residual(self, input_shape):
         inner = channels_shape(self.filters)
-        outer = channels_shape(self.out_channels)
         self.conv_0.build(input_shape)
         self.batch_norm_0.build(inner)
         if self.selective_kernel is not None:
@@ -472,26 +460,15 @@ class BottleneckBlock(keras.layers.Layer):
             self.conv_1.build(inner)
             self.batch_norm_1.build(inner)
         self.conv_2.build(inner)
-        self.batch_norm_2.build(outer)
-        if self.squeeze_excitation is not None:
-            self.squeeze_excitation.build(outer)
+        self.batch_norm_2.build(channels_shape(self.out_channels))
 
-    def call(self, inputs, training=None):
-        shortcut = inputs
-        if self.projection is not None:
-            shortcut = self.projection(inputs, training=training)
-
-        x = self.batch_norm_0(self.conv_0(inputs), training=training)
-        x = ops.relu(x)
+    def _residual(self, inputs, training):
+        x = ops.relu(self.batch_norm_0(self.conv_0(inputs), training=training))
         if self.selective_kernel is not None:
             x = self.selective_kernel(x, training=training)
         else:
-            x = self.batch_norm_1(self.conv_1(x), training=training)
-            x = ops.relu(x)
-        x = self.batch_norm_2(self.conv_2(x), training=training)
-        if self.squeeze_excitation is not None:
-            x = self.squeeze_excitation(x)
-        return ops.relu(x + shortcut)
+            x = ops.relu(self.batch_norm_1(self.conv_1(x), training=training))
+        return self.batch_norm_2(self.conv_2(x), training=training)
 
 
 class BlockGroup(keras.layers.Layer):

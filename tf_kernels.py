@@ -3,8 +3,10 @@ TensorFlow.
 
 The core (`resnet.py`, `model.py`, ...) is written in `keras.ops` and runs on
 any backend; where Keras composes an op from many small ones that
-TensorFlow has a single kernel for, and that op dominates the step, the
-layer hands its TensorFlow call to a function here.
+TensorFlow has a single kernel for, and that op dominates the step, a
+function here takes the layer's TensorFlow call. Importing this module
+registers them with their layers (`resnet.BatchNormalization.fused_training`);
+the TensorFlow edges that build models (`trainer_tf.py`, `export.py`) do.
 
 - `batch_norm_training`: Keras 3 computes training-mode batch norm from
   `ops.moments` and element-wise ops (in float32, whatever the input type),
@@ -15,6 +17,8 @@ layer hands its TensorFlow call to a function here.
   bfloat16 inputs), and a ResNet-18 at 32 px has 20 such layers.
 """
 import tensorflow as tf
+
+import resnet
 
 
 def batch_norm_training(layer, inputs):
@@ -53,3 +57,6 @@ def batch_norm_training(layer, inputs):
     layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
     layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
     return tf.cast(y, layer.compute_dtype)
+
+
+resnet.BatchNormalization.fused_training["tensorflow"] = batch_norm_training

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import resnet
+import tf_kernels  # noqa: F401  (registers the fused batch norm tested here)
 
 
 @pytest.mark.parametrize("center,scale", [(True, True), (False, False)])
