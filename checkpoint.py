@@ -21,14 +21,15 @@ lists, which TensorFlow's own object graph of a Keras model leaves out
 import json
 import os
 import sys
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from config import UsageError
-from config import error_line
+from errors import UsageError
+from errors import error_line
 
 _VALUE = "VARIABLE_VALUE"
 
@@ -50,6 +51,21 @@ DAMAGE_ERRORS = (tf.errors.DataLossError, tf.errors.OutOfRangeError,
 def checkpoint_step(prefix):
     """The global step of a checkpoint prefix `.../ckpt-<step>`."""
     return int(prefix.rsplit("-", 1)[1])
+
+
+def wait_for_newer(directory, prefix, timeout, poll_secs=5.0):
+    """The newest checkpoint prefix of `directory` of a later step than
+    `prefix`, once one appears; None when none does within `timeout`
+    seconds (checked every `poll_secs`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = latest_checkpoint(directory)
+        if latest and checkpoint_step(latest) > checkpoint_step(prefix):
+            return latest
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(poll_secs, left))
 
 
 def checkpoints_newest_first(directory):
@@ -142,12 +158,15 @@ class Checkpointer:
         the cause (on stderr, or to `log`), and left as it is.
 
         Raises:
-            UsageError: every checkpoint of `directory` is damaged.
+            UsageError: every checkpoint of `directory` is damaged, or the
+                newest readable one holds another model
+                (`check_variables`).
         """
         log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         damaged, warnings = [], []
         for prefix in checkpoints_newest_first(directory):
             try:
+                self.check_variables(prefix)
                 self.restore(prefix)
             except DAMAGE_ERRORS as e:
                 damaged.append(f"{os.path.basename(prefix)} ({type(e).__name__})")
@@ -164,19 +183,46 @@ class Checkpointer:
                 "away to train from scratch, or restore the directory from a copy")
         return None
 
-    def restore(self, path, model_only=False):
-        """Restores every variable from `path` (only the model's with
-        `model_only`); a variable the checkpoint lacks is an error."""
-        if model_only:
-            status = tf.train.Checkpoint(model=self._saved["model"]).restore(path)
-            status.expect_partial()
-        else:
-            status = self.checkpoint.restore(path)
+    def check_variables(self, prefix):
+        """Checks that the checkpoint at `prefix` holds every variable of
+        this run, each of its shape.
+
+        Raises:
+            UsageError: one is missing or has another shape (the checkpoint
+                of another model: another depth, width or head), naming it.
+            DAMAGE_ERRORS: the checkpoint's index cannot be read.
+        """
+        reader = tf.train.load_checkpoint(prefix)
+        keys = object_keys(reader, prefix)
+        shapes = reader.get_variable_to_shape_map()
+        missing = []
+        for group, variables in self.groups.items():
+            for key, variable in variables.items():
+                found = keys.get(group, {}).get(key)
+                # Model keys are variable paths; an optimizer's are its own.
+                name = key if group == "model" else f"{group}/{key}"
+                if found is None:
+                    missing.append(name)
+                elif tuple(shapes[found]) != tuple(variable.shape):
+                    raise UsageError(
+                        f"checkpoint {prefix} holds another model than this command builds: "
+                        f"{name} is {list(shapes[found])} there and "
+                        f"{list(variable.shape)} here; resume it with the flags of the run "
+                        "that wrote it, or train in a new --model_dir")
+        if missing:
+            raise UsageError(
+                f"checkpoint {prefix} holds another model than this command builds: "
+                f"{len(missing)} variables of this model are not in it, e.g. {missing[0]}; "
+                "resume it "
+                "with the flags of the run that wrote it, or train in a new --model_dir")
+
+    def restore(self, path):
+        """Restores every variable from `path`; a variable the checkpoint
+        lacks is an error."""
+        status = self.checkpoint.restore(path)
         status.assert_existing_objects_matched()
         if self._copies:
             for g, group in self.groups.items():
-                if model_only and g != "model":
-                    continue
                 for k, v in group.items():
                     v.assign(self._saved[g][k].numpy().astype(v.dtype))
 
@@ -188,6 +234,28 @@ def _canonical(variable):
     return value.astype(np.int64) if np.issubdtype(value.dtype, np.integer) else value
 
 
+def object_keys(reader, prefix):
+    """{group: {key: checkpoint key of its value}} of a checkpoint in this
+    format (see the module docstring), read from its object graph.
+
+    Raises:
+        UsageError: a name-based (TF1) checkpoint, which has no object graph.
+    """
+    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+        raise UsageError(f"--checkpoint={prefix} is a name-based (TF1) checkpoint; "
+                         "expected one written by this project's run.py")
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    groups = {}
+    for group in graph.nodes[0].children:
+        keys = groups[group.local_name] = {}
+        for child in graph.nodes[group.node_id].children:
+            for attribute in graph.nodes[child.node_id].attributes:
+                if attribute.name == _VALUE:
+                    keys[child.local_name] = attribute.checkpoint_key
+    return groups
+
+
 def saved_model_variables(prefix):
     """(reader, {variable path: checkpoint key}) of the model group of a
     checkpoint in this format; UsageError naming what was found otherwise."""
@@ -196,22 +264,12 @@ def saved_model_variables(prefix):
     except (tf.errors.OpError, ValueError) as e:
         raise UsageError(f"--checkpoint={prefix} cannot be read "
                          f"({type(e).__name__})") from e
-    if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
-        raise UsageError(f"--checkpoint={prefix} is a name-based (TF1) checkpoint; "
-                         "expected one written by this project's run.py")
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    top = {child.local_name: child.node_id for child in graph.nodes[0].children}
-    if "model" not in top:
-        raise UsageError(f"--checkpoint={prefix} holds {', '.join(sorted(top)) or 'nothing'}, "
+    groups = object_keys(reader, prefix)
+    if "model" not in groups:
+        raise UsageError(f"--checkpoint={prefix} holds {', '.join(sorted(groups)) or 'nothing'}, "
                          "not a model group; expected a checkpoint written by this "
                          "project's run.py")
-    keys = {}
-    for child in graph.nodes[top["model"]].children:
-        for attribute in graph.nodes[child.node_id].attributes:
-            if attribute.name == _VALUE:
-                keys[child.local_name] = attribute.checkpoint_key
-    return reader, keys
+    return reader, groups["model"]
 
 
 def restore_weights(model, prefix, partial=False):

@@ -1,38 +1,34 @@
-"""The configuration of a run: presets, checks, and the record it keeps.
+"""The configuration of a run: presets, checks, and what each flag means for it.
 
-`resolve(values, present, defaults)` turns the flag values of one command
-line into the `Config` a run trains with, in this order:
+`resolve(values, present, defaults, source)` turns the flag values of one
+command line into the `Config` a run trains with, in this order:
 
-1. the record of an earlier run, where the command continues one: with
-   `--mode=eval` every flag the command leaves unset takes the value the
-   trained run recorded in its `flags.json`; with `--train_mode=finetune
-   --checkpoint=RUN` the architecture flags do;
-2. the dataset's preset (`Source.preset()`) for the flags still unset, one
-   coupled group at a time (`PRESET_OWNERS`): a preset's learning rate
-   belongs to its optimizer and its temperature to its loss, so choosing
-   another optimizer or loss drops them, with a notice;
-3. cross-flag checks, each a one-line `UsageError`;
-4. the loss's parameters: the loss flags that apply, or the loss's own
+1. the dataset's preset for the flags still unset (`Source.preset()`, or
+   `image_size_preset` of its images), one coupled group at a time
+   (`PRESET_OWNERS`): a preset's learning rate belongs to its optimizer and
+   its temperature to its loss, so choosing another optimizer or loss drops
+   them, with a notice;
+2. cross-flag checks, each a one-line `UsageError`;
+3. the loss's parameters: the loss flags that apply, or the loss's own
    defaults (`objective.LOSS_PARAMS`), written back into the flags so that
-   the record says what the loss used.
+   the record says what the loss used;
+4. null (None) for every flag the run does not use (`unused_flags`): a
+   fine-tuning run has no loss, no temperature and no online probe.
 
-A command that contradicts the record it continues is refused in one line:
-eval and fine-tuning of a run with other model or data flags, and training
-on in a `model_dir` whose checkpoints belong to another configuration.
-Flags in `SESSION_FLAGS` (where to read and write, how long and how often)
-may differ between the commands of one run.
+Nothing here touches files, TensorFlow or a dataset's images: the rules that
+relate a command to the runs on disk (`--mode=eval` of a run, resuming in a
+`--model_dir`, fine-tuning from a run's checkpoint) are `run_record.py`'s,
+which reads the records and opens the dataset, then calls `resolve`. So the
+configuration of the training step is built the same way where TensorFlow is
+not installed (`bench/train_step.py --backend=jax`).
 """
 import json
-import os
-import re
-import time
 
 import chunked_loss
-import datasets
 import model as model_lib
 import objective
+from errors import UsageError
 
-RECORD_FILE = "flags.json"
 # 2^K hash buckets; more bits than ~log2(examples) only add constant planes.
 MAX_RAND_BITS = 32
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -66,7 +62,6 @@ PRESET_OWNERS = {
     "weight_decay": "optimizer",
     "probe_learning_rate": "optimizer",
     "temperature": "loss",
-    "hidden_norm": "loss",
 }
 
 # Flags that may change between the commands of one run: where data and
@@ -75,11 +70,15 @@ PRESET_OWNERS = {
 # variables are float32 under every --precision; XLA or not).
 SESSION_FLAGS = frozenset({
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "loss_chunk_size",
-    "eval_steps", "eval_name", "compute_baselines", "keep_checkpoint_max",
+    "eval_steps", "eval_name", "eval_wait_secs", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
     "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name",
     "tpu_zone", "gcp_project", "cache_dataset", "deterministic", "precision", "jit_compile"})
+
+# Flags that say where a training run's weights start; `--mode=eval`
+# evaluates --model_dir's own checkpoints and takes none of them.
+INITIALISATION_FLAGS = ("checkpoint", "partial_checkpoint", "zero_init_logits_layer")
 
 # Flags that fix the encoder and projection head a checkpoint holds.
 # (--num_rand_bits fixes the input channels of its first convolution.)
@@ -89,21 +88,11 @@ ARCHITECTURE_FLAGS = ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio"
 # Flags that configure a dataset source (`datasets.OPTIONS`).
 DATASET_FLAGS = ("digit_sizes",)
 
-# The ResNet's stem is the CIFAR one up to this image size.
-CIFAR_STEM_MAX_SIZE = 32
+# Largest image side (pixels) that gets the medium preset (the ImageNet
+# stem at the images' own size); the small one is `model.SMALL_IMAGE_SIDE`.
+MEDIUM_IMAGE_SIDE = 160
 
-
-class UsageError(Exception):
-    """A mistake in the command line or the environment it names."""
-
-
-def error_line(error):
-    """The first line of an error's message, for a one-line report: without
-    TensorFlow's `{{function_node ...}}` prefix and `[Op:...]` suffix."""
-    message = getattr(error, "message", None) or str(error)
-    line = (message.strip().splitlines() or [""])[0]
-    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
-    return re.sub(r"\s*\[Op:\w+\]$", "", line)
+REPRESENTATION_MODES = model_lib.REPRESENTATION_MODES
 
 
 class Config:
@@ -121,74 +110,87 @@ class Config:
         """{flag: value} of every flag, what `flags.json` holds."""
         return {name: getattr(self, name) for name in self._names}
 
+    def replace(self, **values):
+        """A copy with `values` changed."""
+        return Config(dict(self.record(), **values), self.loss_params, self.notices)
+
     def __repr__(self):
         return f"Config({self.record()!r})"
 
 
-def read_record(directory):
-    """The flags.json of the run in `directory`, or None."""
-    import tensorflow as tf  # gfile reads local and remote paths alike
-    path = os.path.join(directory, RECORD_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise UsageError(f"{path} is not a JSON record of a run ({e})") from e
+def image_size_preset(image_shape, splits, train_split="train"):
+    """Flag values that size a run for images of `image_shape` (H, W, C).
+
+    - side <= 32 (`model.SMALL_IMAGE_SIDE`: CIFAR, MNIST, 32 px folders):
+      the native size with the CIFAR stem, ResNet-18 at batch 128, trained
+      and then evaluated, with the original's CIFAR-10 recipe otherwise
+      (LARS 1.0 linear, weight decay 1e-4, tau 0.5, colour strength 0.5, no
+      blur);
+    - 32 < side <= 160 (STL-10): the native size with the ImageNet stem,
+      ResNet-18 at batch 128, trained and then evaluated;
+    - larger, or varying sizes: nothing, so the original's ImageNet
+      defaults apply (ResNet-50, 224 px, batch 512).
+
+    When `train_then_eval` is preset, the evaluation split is `test`, else
+    `validation`, else the first other split, when the source has one.
+    """
+    height, width = image_shape[:2]
+    if height is None or width is None or max(height, width) > MEDIUM_IMAGE_SIDE:
+        return {}
+    side = max(height, width)
+    preset = dict(mode="train_then_eval", image_size=side, resnet_depth=18,
+                  train_batch_size=128, eval_batch_size=256)
+    if side <= model_lib.SMALL_IMAGE_SIDE:
+        preset.update(optimizer="lars", learning_rate=1.0,
+                      learning_rate_scaling="linear", weight_decay=1e-4,
+                      temperature=0.5, color_jitter_strength=0.5,
+                      use_blur=False)
+    others = [split for split in splits if split != train_split]
+    for name in ("test", "validation"):
+        if name in others:
+            preset["eval_split"] = name
+            break
+    else:
+        if others:
+            preset["eval_split"] = others[0]
+    return preset
 
 
-def resolve(values, present, defaults):
-    """The `Config` of a command line and the dataset `Source` it reads.
+def resolve(values, present, defaults, source, explicit=None, from_record=False):
+    """The `Config` of a command line for the dataset `source`.
 
     Args:
-        values: {flag: value} of every project flag as parsed (defaults
-            where unset).
+        values: {flag: value} of every project flag (defaults where unset).
         present: names of the flags set on the command line.
         defaults: {flag: default value}.
+        source: the `datasets.Source` (or any object with its `name`,
+            `label_names`, `label_classes`, `image_shape`, `splits`,
+            `num_examples(split)` and `preset()`).
+        explicit: names of the flags whose value did not come from a
+            default (`present`, and those taken from a run's record); by
+            default `present`.
+        from_record: the values are a trained run's (`--mode=eval`): no
+            preset applies.
 
     Returns:
-        (Config, datasets.Source).
+        A `Config`.
 
     Raises:
-        UsageError, datasets.DatasetError: one line naming what is wrong.
+        UsageError, errors.DatasetError: one line naming what is wrong.
     """
-    import checkpoint as checkpoint_lib  # TensorFlow edge: file system
     values = dict(values)
     present = set(present)
-    explicit = set(present)  # flags whose value did not come from a default
+    explicit = set(present if explicit is None else explicit)
+    values["digit_sizes"] = parse_sizes(values.get("digit_sizes"))
     notices = []
-    values["digit_sizes"] = _sizes(values.get("digit_sizes"))
-
-    record = None
-    if values["mode"] == "eval":
-        record = _eval_record(values)
-        if record is not None:
-            _check_against_record(values, present, record, values["model_dir"],
-                                  "--mode=eval takes the model and data flags "
-                                  "from the trained run's flags.json")
-            for name, value in record.items():
-                if name in values and name not in present and name != "mode":
-                    values[name] = value
-                    explicit.add(name)
-
-    if values["checkpoint"]:
-        checkpoint_lib.resolve_checkpoint_path(values["checkpoint"], "--checkpoint")
-    elif values.get("partial_checkpoint"):
-        raise UsageError("--partial_checkpoint applies to --checkpoint (what to restore "
-                         "from it); pass --checkpoint=PREFIX_OR_RUN_DIR or drop it")
-    if (values["train_mode"] == "finetune" and values["checkpoint"]
-            and values["mode"] != "eval"):
-        _take_architecture(values, present, explicit, values["checkpoint"])
-
-    source = open_dataset(values)
-    if record is None:
+    if not from_record:
         notices += _apply_preset(values, present, explicit, defaults, source)
-
     _check_flags(values, present, defaults)
     if not source.label_names:
         notices += _unlabelled(values, present, source)
-    loss_params = _resolve_loss(values, present, explicit)
+    loss_params = {}
+    if values["train_mode"] == "pretrain":
+        loss_params = _resolve_loss(values, present, explicit)
     if values["train_mode"] == "finetune" and not values["checkpoint"] and values["mode"] != "eval":
         notices.append("--train_mode=finetune without --checkpoint trains from "
                        "random weights")
@@ -197,15 +199,31 @@ def resolve(values, present, defaults):
             source.num_examples(values[flag])  # DatasetError for an unknown split
     if values["mode"] != "eval":
         _check_batch_fits(values, source)
+    for name in unused_flags(values):
+        values[name] = None
+    return Config(values, loss_params, notices)
 
-    if values["model_dir"] is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        what = values["train_mode"] + (f"_{values['loss']}" if values["train_mode"] == "pretrain"
-                                       else "")
-        values["model_dir"] = os.path.join("runs", f"{values['dataset']}_{what}_{stamp}")
-    elif values["mode"] != "eval":
-        _check_resume(values)
-    return Config(values, loss_params, notices), source
+
+def unused_flags(values):
+    """The flags a run of `values` does not use, which it records as null:
+    the loss and its summaries' flags outside pretraining; the online
+    probe's without one (fine-tuning, no labels, or
+    --lineareval_while_pretraining=false); colour distortion in fine-tuning
+    (crop and flip only); freezing outside fine-tuning; momentum with Adam;
+    how long to wait for checkpoints outside --mode=eval."""
+    train_mode = values["train_mode"]
+    representation = train_mode in REPRESENTATION_MODES
+    probe = representation and bool(values["lineareval_while_pretraining"])
+    used = dict.fromkeys(("loss", "loss_chunk_size", *LOSS_FLAGS), train_mode == "pretrain")
+    used.update(
+        lineareval_while_pretraining=representation,
+        probe_learning_rate=probe, probe_weight_decay=probe, probe_view=probe,
+        probe_batch_norm=probe or train_mode == "finetune",
+        color_jitter_strength=representation, use_blur=representation,
+        fine_tune_after_block=train_mode == "finetune",
+        momentum=values["optimizer"] != "adam",
+        eval_wait_secs=values["mode"] == "eval")
+    return [name for name, is_used in used.items() if not is_used and name in values]
 
 
 def _check_batch_fits(values, source):
@@ -220,22 +238,7 @@ def _check_batch_fits(values, source):
             f"pass --train_batch_size={count} or less, or more data")
 
 
-def open_dataset(values):
-    """The `datasets.Source` of flag values {flag: value}: --dataset,
-    --data_dir and the dataset flags its source takes (`datasets.OPTIONS`).
-
-    Raises:
-        datasets.DatasetError: as `datasets.get_dataset`, and for a dataset
-            flag set to a value (not None) that the dataset does not take.
-    """
-    name = values["dataset"]
-    accepted = datasets.OPTIONS.get(name, ())
-    options = {flag: values[flag] for flag in DATASET_FLAGS
-               if flag in accepted or values.get(flag) is not None}
-    return datasets.get_dataset(name, values["data_dir"], **options)
-
-
-def _sizes(value):
+def parse_sizes(value):
     """--digit_sizes as a list of ints (None when unset)."""
     if value is None or isinstance(value, list) and all(isinstance(v, int) for v in value):
         return value
@@ -270,99 +273,28 @@ def _unlabelled(values, present, source):
             f"representation only; the online probe, kNN and the baselines are off{measured}"]
 
 
-# ---------------------------------------------------------------------------
-# Records of earlier runs.
-# ---------------------------------------------------------------------------
-def _eval_record(values):
-    import checkpoint as checkpoint_lib
-    model_dir = values["model_dir"]
-    if not model_dir or not checkpoint_lib.latest_checkpoint(model_dir):
-        raise UsageError(f"--mode=eval needs a checkpoint in --model_dir={model_dir}; "
-                         "there is none")
-    return read_record(model_dir)
-
-
-def _show(value):
+def show(value):
+    """A flag value as a command line spells it (null for an unused flag)."""
+    if value is None:
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _check_against_record(values, present, record, where, why, names=None):
-    """UsageError for the first flag set on the command line (of `names`,
-    when given) that differs from the record."""
-    name = _first_difference(values, record, present if names is None else present & set(names))
-    if name is not None:
-        raise UsageError(
-            f"--{name}={_show(values[name])} contradicts the run in {where}, "
-            f"trained with --{name}={_show(record[name])}; {why}: drop the flag "
-            f"or pass --{name}={_show(record[name])}")
-
-
-def _first_difference(values, record, names):
-    """The first of `names` (sorted) whose value differs from the record's,
-    session flags and flags the record lacks excepted; None if none does."""
-    for name in sorted(names):
-        if name not in SESSION_FLAGS and name in record and values[name] != record[name]:
-            return name
-    return None
-
-
-def _take_architecture(values, present, explicit, checkpoint):
-    """Fine-tuning from a run's checkpoint builds that run's encoder and
-    projection head: its architecture flags, and an image size with the
-    same stem. With --partial_checkpoint the flags given on the command
-    line win and the record fills in the others."""
-    import tensorflow as tf
-    directory = checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
-    record = read_record(directory)
-    if record is None:
-        return
-    partial = values.get("partial_checkpoint")
-    why = ("--train_mode=finetune builds the encoder of the --checkpoint run (or pass "
-           "--partial_checkpoint to restore only what matches)")
-    if not partial:
-        _check_against_record(values, present, record, directory, why,
-                              names=ARCHITECTURE_FLAGS)
-    for name in ARCHITECTURE_FLAGS:
-        if name not in present and name in record:
-            values[name] = record[name]
-            explicit.add(name)
-    if "image_size" in record:
-        if "image_size" not in present:
-            values["image_size"] = record["image_size"]
-            explicit.add("image_size")
-        elif not partial and ((values["image_size"] <= CIFAR_STEM_MAX_SIZE)
-                              != (record["image_size"] <= CIFAR_STEM_MAX_SIZE)):
-            raise UsageError(
-                f"--image_size={values['image_size']} needs another ResNet stem than the "
-                f"run in {directory}, trained with --image_size={record['image_size']} "
-                f"(the CIFAR stem is used up to {CIFAR_STEM_MAX_SIZE} px); {why}")
-
-
-def _check_resume(values):
-    """Training on in a model_dir that holds a run: the same configuration."""
-    import checkpoint as checkpoint_lib
-    model_dir = values["model_dir"]
-    if not checkpoint_lib.latest_checkpoint(model_dir):
-        return
-    record = read_record(model_dir)
-    if record is None:
-        return
-    name = _first_difference(values, record, values)
-    if name is not None:
-        raise UsageError(
-            f"--model_dir={model_dir} holds a run trained with "
-            f"--{name}={_show(record[name])}; this command has "
-            f"--{name}={_show(values[name])}: rerun with that run's flags "
-            f"(its {RECORD_FILE}) to resume it, or use a new --model_dir")
 
 
 # ---------------------------------------------------------------------------
 # Presets.
 # ---------------------------------------------------------------------------
+def source_preset(source):
+    """The flag values a run of `source` takes for the flags left unset: its
+    own (`Source.preset()`), else those of its images' size
+    (`image_size_preset`)."""
+    preset = source.preset()
+    return image_size_preset(source.image_shape, source.splits) if preset is None else preset
+
+
 def _apply_preset(values, present, explicit, defaults, source):
     """Gives the flags left unset the source's preset; returns notices for
     preset values that a choice of the user made inapplicable."""
-    preset = source.preset()
+    preset = source_preset(source)
     dropped = {}
     for name, value in preset.items():
         if name in explicit:
@@ -377,11 +309,11 @@ def _apply_preset(values, present, explicit, defaults, source):
         explicit.add(name)
     notices = []
     for owner, items in dropped.items():
-        listed = ", ".join(f"--{n}={_show(v)}" for n, v in items)
-        kept = ", ".join(f"--{n}={_show(values[n])}" for n, _ in items)
-        choice = _show(preset.get(owner, defaults[owner]))
+        listed = ", ".join(f"--{n}={show(v)}" for n, v in items)
+        kept = ", ".join(f"--{n}={show(values[n])}" for n, _ in items)
+        choice = show(preset.get(owner, defaults[owner]))
         notices.append(
-            f"--{owner}={_show(values[owner])} replaces the {source.name} preset's "
+            f"--{owner}={show(values[owner])} replaces the {source.name} preset's "
             f"--{owner}={choice}, so the preset's values for {choice} ({listed}) do not "
             f"apply: {kept} instead (pass them to choose)")
     return notices
@@ -392,7 +324,14 @@ def _apply_preset(values, present, explicit, defaults, source):
 # ---------------------------------------------------------------------------
 def _check_flags(cfg, present, defaults):
     """Cross-flag checks that absl validators cannot express."""
-    if cfg["train_mode"] != "finetune" and cfg["fine_tune_after_block"] > -1:
+    if cfg["mode"] == "eval":
+        for flag in INITIALISATION_FLAGS:
+            if flag in present and cfg[flag]:
+                raise UsageError(f"--{flag} does not apply to --mode=eval, which evaluates the "
+                                 "checkpoints of --model_dir: drop it")
+    elif "eval_wait_secs" in present and cfg["eval_wait_secs"]:
+        raise UsageError(f"--eval_wait_secs applies to --mode=eval (not --mode={cfg['mode']})")
+    if cfg["train_mode"] != "finetune" and cfg["fine_tune_after_block"] not in (None, -1):
         raise UsageError(f"--fine_tune_after_block must be -1 with --train_mode="
                          f"{cfg['train_mode']} (freezing applies to --train_mode=finetune)")
     if cfg["proj_head_mode"] == "nonlinear" and cfg["num_proj_layers"] < 1:
@@ -407,16 +346,14 @@ def _check_flags(cfg, present, defaults):
         raise UsageError("--train_epochs or --train_steps must be > 0 to train")
     if cfg["checkpoint_steps"] == 0 and cfg["checkpoint_epochs"] == 0:
         raise UsageError("--checkpoint_epochs or --checkpoint_steps must be > 0")
-    probe = (cfg["train_mode"] in ("pretrain", "autoencoder")
-             and cfg["lineareval_while_pretraining"])
+    probe = cfg["train_mode"] in REPRESENTATION_MODES and cfg["lineareval_while_pretraining"]
     # Passing a probe flag's own default (the original's behaviour) is fine anywhere.
     for flag in ("probe_learning_rate", "probe_view", "probe_weight_decay"):
         if flag in present and cfg[flag] != defaults[flag] and not probe:
             raise UsageError(f"--{flag} applies to the online probe: --train_mode=pretrain "
                              "or autoencoder with --lineareval_while_pretraining")
     if cfg["train_mode"] != "pretrain":
-        for flag in ("loss", "loss_chunk_size") + tuple(f for f in LOSS_FLAGS
-                                                         if f not in SHARED_LOSS_FLAGS):
+        for flag in ("loss", "loss_chunk_size", *LOSS_FLAGS):
             if flag in present and cfg[flag] != defaults[flag]:
                 raise UsageError(f"--{flag} applies to --train_mode=pretrain only (not "
                                  f"--train_mode={cfg['train_mode']})")
@@ -470,10 +407,54 @@ def _resolve_loss(values, present, explicit):
     return params
 
 
-def summary_hidden_norm(cfg):
-    """Whether the contrast summaries normalise: as the loss does, and yes
-    for losses that always work on unit vectors."""
-    return cfg.loss_params.get("hidden_norm", True) is not False
+# ---------------------------------------------------------------------------
+# The cluster of a multi-worker run.
+# ---------------------------------------------------------------------------
+TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, '
+                  '"task": {"type": "worker", "index": i}}')
+
+
+def tf_config_cluster(text):
+    """The cluster {task type: ["host:port", ...]} of a TF_CONFIG value ({}
+    when unset or without a cluster), checked as MultiWorkerMirroredStrategy
+    reads it: JSON, each task type a list of host:port addresses, and a task
+    whose type is in the cluster and whose index is inside its list.
+
+    Raises:
+        UsageError: one line naming what is wrong and the expected form.
+    """
+    if not text:
+        return {}
+
+    def bad(what):
+        return UsageError(f"TF_CONFIG {what}; expected {TF_CONFIG_FORM}")
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"is not JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise bad(f"is a JSON {type(value).__name__}, not an object")
+    cluster = value.get("cluster") or {}
+    if not isinstance(cluster, dict):
+        raise bad('has a "cluster" that is not an object')
+    for name, tasks in cluster.items():
+        if not (isinstance(tasks, list) and tasks and all(
+                isinstance(t, str) and t.rpartition(":")[2].isdigit() for t in tasks)):
+            raise bad(f'has cluster "{name}": {json.dumps(tasks)}, not a list of host:port')
+    if not cluster:
+        return {}
+    task = value.get("task")
+    if not isinstance(task, dict) or "type" not in task:
+        raise bad('has a cluster but no "task" with a "type" and an "index"')
+    kind, index = task["type"], task.get("index", 0)
+    if kind not in cluster:
+        raise bad(f'task type "{kind}" is not in its cluster ({", ".join(sorted(cluster))})')
+    if not isinstance(index, int) or isinstance(index, bool) or not \
+            0 <= index < len(cluster[kind]):
+        raise bad(f'task index {json.dumps(index)} is outside its cluster\'s '
+                  f'{len(cluster[kind])} "{kind}" task(s)')
+    return cluster
 
 
 def validators():
@@ -491,7 +472,7 @@ def validators():
                  "train_steps", "eval_steps", "checkpoint_epochs", "checkpoint_steps",
                  "sk_ratio", "se_ratio", "color_jitter_strength", "lambda_weight",
                  "gen_loss_scale", "kcl_gamma", "probe_learning_rate", "probe_weight_decay",
-                 "keep_hub_module_max", "log_every_steps"):
+                 "keep_hub_module_max", "log_every_steps", "eval_wait_secs"):
         checks.append((name, lambda v: v is None or v >= 0, f"--{name} must be >= 0"))
     checks.append(("num_rand_bits", lambda v: 0 <= v <= MAX_RAND_BITS,
                    f"--num_rand_bits must be in [0, {MAX_RAND_BITS}]"))

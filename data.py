@@ -2,13 +2,13 @@
 
 Mirrors the original release's `build_input_fn` / `build_distributed_dataset`.
 In pretraining every example yields `num_views` independently augmented views
-concatenated along the channel axis, c = `view_channels(num_rand_bits)`
+concatenated along the channel axis, c = `model.view_channels(num_rand_bits)`
 channels each, so a batch of two-view examples is [b, H, W, 2c]: view k
 occupies channels k·c .. (k + 1)·c − 1. With `clean_view` the evaluation view
 of the same example follows them (for the online probe). The model splits the
 channels back into views (`model.Model(view_channels=)`).
 
-A view is RGB (`RGB_CHANNELS`), then, with `num_rand_bits` = K > 0, the K
+A view is RGB (`model.RGB_CHANNELS`), then, with `num_rand_bits` = K > 0, the K
 RandBits channels of its image (`datasets.rand_bits`): constant planes of
 the bits of a hash of the stored image, the same in every view of the image
 and in its evaluation view, never augmented.
@@ -26,43 +26,37 @@ that stopped after that many steps left off.
 import tensorflow as tf
 
 import data_util
+import model as model_lib
 import train_lib
 from datasets import rand_bits
 
-# Channels of a view's image: the augmentations produce RGB.
-RGB_CHANNELS = 3
 # Salts of the per-example and per-batch seeds, so the two never coincide.
 _EXAMPLE_SALT = 0
 _BATCH_SALT = 1
 
 
-TRAIN_MODES = ("pretrain", "finetune", "autoencoder")
-
-
-def view_channels(num_rand_bits=0):
-    """Channels of one view: RGB, then the RandBits planes."""
-    return RGB_CHANNELS + num_rand_bits
-
-
 def _view_count(is_training, train_mode, num_views):
-    if train_mode not in TRAIN_MODES:
-        raise ValueError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, "
-                         f"got {train_mode!r}")
+    """Views per example: `num_views` augmented ones when pretraining (the
+    run's own count by default, `model.augmented_views`), else one."""
+    default = model_lib.augmented_views(train_mode)  # checks train_mode
+    if not (is_training and train_mode == "pretrain"):
+        return 1
+    if num_views is None:
+        return default
     if num_views < 1:
         raise ValueError(f"num_views must be at least 1, got {num_views}")
-    if not is_training or train_mode == "finetune":
-        return 1
-    return num_views if train_mode == "pretrain" else 1
+    return num_views
 
 
 def eval_view_fn(image_size, num_rand_bits=0):
     """image uint8 [H, W, C] -> its evaluation view float32
-    [image_size, image_size, view_channels(num_rand_bits)] in [0, 1]:
-    centre-cropped (not below 33 px), resized, RGB, then its RandBits."""
+    [image_size, image_size, model.view_channels(num_rand_bits)] in [0, 1]:
+    centre-cropped (small images, `model.SMALL_IMAGE_SIDE`, are resized
+    whole), resized, RGB, then its RandBits."""
     def eval_view(image):
         view = data_util.preprocess_image(
             image, image_size, image_size, is_training=False,
-            test_crop=image_size > 32)
+            test_crop=image_size > model_lib.SMALL_IMAGE_SIDE)
         return _with_bits(view, image, num_rand_bits)
     return eval_view
 
@@ -79,19 +73,20 @@ def _with_bits(view, image, num_rand_bits):
 def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
-                   num_views=2, flip=True, clean_view=False, seed=0,
+                   num_views=None, flip=True, clean_view=False, seed=0,
                    deterministic=False, start_step=0, num_rand_bits=0):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
-    (buffer = per-replica batch x 50 when image_size <= 32, x 10 otherwise)
+    (buffer = per-replica batch x 50 for small images, x 10 otherwise)
     and drops the last partial batch. `pretrain` gives `num_views` views with
     random crop, flip and colour distortion of strength
     `color_jitter_strength`, then (if `use_blur`) Gaussian blur with one sigma
     per view batch; `autoencoder` gives one such view; `finetune` gives one
     view with crop and flip only.
     Evaluation reads the split once, in order, one centre-cropped view per
-    example (no crop when image_size <= 32), keeping the last partial batch.
+    example (no crop for small images, `model.SMALL_IMAGE_SIDE`), keeping
+    the last partial batch.
 
     Args:
         source: a `datasets.Source`.
@@ -104,7 +99,8 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         use_blur: blur pretraining views.
         cache_dataset: cache the decoded examples before augmentation.
         area_range: range of the random crop's area fraction.
-        num_views: views per example in pretraining.
+        num_views: views per example in pretraining (None: the two of
+            `model.augmented_views`).
         flip: random horizontal flips in training (off for data whose
             mirror image is another class, such as digits).
         clean_view: in pretraining (and autoencoder training), append the
@@ -176,7 +172,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         options.deterministic = deterministic
         options.experimental_slack = not deterministic
         dataset = dataset.with_options(options)
-        buffer_multiplier = 50 if image_size <= 32 else 10
+        buffer_multiplier = 50 if image_size <= model_lib.SMALL_IMAGE_SIDE else 10
         dataset = dataset.shuffle(batch_size * buffer_multiplier,
                                   seed=seed if deterministic else None)
         dataset = dataset.repeat(-1)
@@ -242,15 +238,21 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
     return input_fn
 
 
+def _distortion(cfg):
+    """The colour strength and blur of a run's flags; fine-tuning records
+    both as null (it neither distorts colour nor blurs)."""
+    return dict(color_jitter_strength=cfg.color_jitter_strength or 0.0,
+                use_blur=bool(cfg.use_blur))
+
+
 def train_input_fn(cfg, source, start_step=0):
     """The training `input_fn` of a run's flags (`config.Config`), from step
     `start_step` on."""
     return build_input_fn(
         source, cfg.train_batch_size, is_training=True, split=cfg.train_split,
-        image_size=cfg.image_size, train_mode=cfg.train_mode,
-        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
+        image_size=cfg.image_size, train_mode=cfg.train_mode, **_distortion(cfg),
         cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
-        num_views=2, flip=cfg.use_flip, clean_view=train_lib.clean_probe_view(cfg),
+        flip=cfg.use_flip, clean_view=train_lib.clean_probe_view(cfg),
         seed=cfg.seed, deterministic=cfg.deterministic, start_step=start_step,
         num_rand_bits=cfg.num_rand_bits)
 
@@ -266,16 +268,14 @@ def eval_input_fn(cfg, source):
 def heldout_input_fn(cfg, source, batch_size):
     """Batches of `batch_size` held-out examples (--eval_split) for the
     representation metrics: two augmented views (the run's augmentation)
-    and the evaluation view, [b, H, W, 3c] (c = `view_channels`), in a seeded order
-    with seeded views, so the first batch is the same at every checkpoint
-    and in every process of a run."""
+    and the evaluation view, [b, H, W, 3c] (c = `model.view_channels`), in a
+    seeded order with seeded views, so the first batch is the same at every
+    checkpoint and in every process of a run."""
     return build_input_fn(
         source, batch_size, is_training=True, split=cfg.eval_split,
-        image_size=cfg.image_size, train_mode="pretrain",
-        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
-        area_range=(cfg.crop_min_area, 1.0), num_views=2, flip=cfg.use_flip,
-        clean_view=True, seed=cfg.seed, deterministic=True,
-        num_rand_bits=cfg.num_rand_bits)
+        image_size=cfg.image_size, train_mode="pretrain", **_distortion(cfg),
+        area_range=(cfg.crop_min_area, 1.0), flip=cfg.use_flip, clean_view=True,
+        seed=cfg.seed, deterministic=True, num_rand_bits=cfg.num_rand_bits)
 
 
 def build_distributed_dataset(input_fn, strategy):

@@ -26,7 +26,8 @@ import metrics
 import train_lib
 from datasets import rand_bits
 
-# Rows of the held-out batch the representation metrics are measured on.
+# Rows of the held-out batch the representation metrics are measured on
+# (at most: fewer when --eval_split or --eval_steps has fewer examples).
 HELDOUT_SIZE = 512
 METRICS_FILE = "metrics.csv"
 # Representation metrics, for h (encoder) and z (projection) each.
@@ -37,6 +38,10 @@ KNN_K = 200
 KNN_TEMPERATURE = 0.1
 # kNN and baselines hold the training split's features in memory.
 MAX_FEATURE_EXAMPLES = 100_000
+# τ of the negative-hardness diagnostics of runs without a contrastive loss
+# (autoencoder, fine-tuning), which have no --temperature: the original's
+# default.
+HARDNESS_TEMPERATURE = 0.1
 
 
 def label_keys(source):
@@ -66,13 +71,22 @@ def evaluate(cfg, trainer, source):
         logging.info("No supervised head (pretrain without --lineareval_while_pretraining, or "
                      "unlabelled data): top-1 is not measured.")
         return result
-    top1, topk, count = trainer.top_k_counts(source, 5, cfg.eval_steps)
+    top1, topk, count = trainer.top_k_counts(data.eval_input_fn(cfg, source), 5, cfg.eval_steps)
     for j, suffix in label_keys(source):
         name = f"{source.label_names[j]}_" if suffix else "label_"
         result[f"eval/{name}top_1_accuracy"] = float(top1[j]) / max(count, 1)
         result[f"eval/{name}top_5_accuracy"] = float(topk[j]) / max(count, 1)
         result[f"probe_top1{suffix}"] = result[f"eval/{name}top_1_accuracy"]
     return result
+
+
+def eval_examples(cfg, source):
+    """How many examples of --eval_split an evaluation measures: all, or
+    with --eval_steps the first --eval_steps × --eval_batch_size (top-1,
+    kNN and the baselines on those, the representation metrics on a batch
+    of at most that many)."""
+    count = source.num_examples(cfg.eval_split)
+    return min(count, cfg.eval_steps * cfg.eval_batch_size) if cfg.eval_steps else count
 
 
 def encode_split(cfg, trainer, model, images, batch_size=512):
@@ -92,21 +106,21 @@ def encode_split(cfg, trainer, model, images, batch_size=512):
 
 
 # The flags a held-out batch depends on.
-HELDOUT_FLAGS = ("dataset", "data_dir", "digit_sizes", "eval_split", "image_size", "seed",
-                 "color_jitter_strength", "use_blur", "crop_min_area", "use_flip",
-                 "num_rand_bits")
+HELDOUT_FLAGS = ("dataset", "data_dir", "digit_sizes", "eval_split", "eval_steps",
+                 "eval_batch_size", "image_size", "seed", "color_jitter_strength", "use_blur",
+                 "crop_min_area", "use_flip", "num_rand_bits")
 _heldout_batches = {}
 
 
 def heldout_batch(cfg, source):
     """(views [n, H, W, 3c], labels [n] or [n, L]) as numpy: the first
-    batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, eval examples);
+    batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, `eval_examples`);
     kept for the other commands of the process with the same HELDOUT_FLAGS
     (training, then evaluation)."""
     # (--digit_sizes is a list.)
     key = tuple(str(getattr(cfg, name)) for name in HELDOUT_FLAGS)
     if key not in _heldout_batches:
-        size = min(HELDOUT_SIZE, source.num_examples(cfg.eval_split))
+        size = min(HELDOUT_SIZE, eval_examples(cfg, source))
         images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))
         _heldout_batches.clear()  # one batch at a time: they can be large
         _heldout_batches[key] = (images.numpy(), labels.numpy())
@@ -117,7 +131,8 @@ def representation_metrics(cfg, trainer, batch):
     """{"h/<name>", "z/<name>": float} of `METRIC_NAMES` for the trainer's
     current weights on a `heldout_batch`, the model in inference mode:
     alignment (α = 2) and the negative-hardness diagnostics (τ =
-    --temperature, top-1 share) of the two augmented views; uniformity
+    --temperature, or `HARDNESS_TEMPERATURE` without a contrastive loss;
+    top-1 share) of the two augmented views; uniformity
     (t = 2), tolerance (by the first label), Wasserstein uniformity (10,000
     pairs, seed 0) and effective rank of the evaluation views (`metrics.py`)."""
     images, labels = batch
@@ -126,8 +141,9 @@ def representation_metrics(cfg, trainer, batch):
     (h1, z1), (h2, z2), (h, z) = [trainer.embed(images[..., v * c:(v + 1) * c])
                                   for v in range(3)]
     result = {}
+    temperature = HARDNESS_TEMPERATURE if cfg.temperature is None else cfg.temperature
     for space, (a, b, clean) in (("h", (h1, h2, h)), ("z", (z1, z2, z))):
-        entropy, top_share = metrics.negative_hardness(a, b, temperature=cfg.temperature)
+        entropy, top_share = metrics.negative_hardness(a, b, temperature=temperature)
         values = dict(
             alignment=metrics.alignment(a, b), uniformity=metrics.uniformity(clean),
             # Unlabelled images (-1) have no tolerance.
@@ -157,15 +173,22 @@ def write_metrics_row(model_dir, step, values):
     checkpoint_lib.write_text(path, text.getvalue())
 
 
+def eval_arrays(cfg, source):
+    """(images, labels) of the `eval_examples` of --eval_split."""
+    images, labels = source.as_numpy(cfg.eval_split)
+    count = eval_examples(cfg, source)
+    return images[:count], labels[:count]
+
+
 def split_features(cfg, trainer, source, model=None):
-    """(h_train, y_train, h_eval, y_eval) of --train_split and --eval_split
-    (`model`, else the trainer's), or None when the training split is over
-    MAX_FEATURE_EXAMPLES."""
+    """(h_train, y_train, h_eval, y_eval) of --train_split and of the
+    `eval_examples` of --eval_split (`model`, else the trainer's), or None
+    when the training split is over MAX_FEATURE_EXAMPLES."""
     if source.num_examples(cfg.train_split) > MAX_FEATURE_EXAMPLES:
         return None
     model = model or trainer.model
     x_train, y_train = source.as_numpy(cfg.train_split)
-    x_eval, y_eval = source.as_numpy(cfg.eval_split)
+    x_eval, y_eval = eval_arrays(cfg, source)
     return (encode_split(cfg, trainer, model, x_train), y_train,
             encode_split(cfg, trainer, model, x_eval), y_eval)
 
@@ -192,19 +215,42 @@ def raw_pixels(cfg, images):
     return np.concatenate([flat, np.concatenate(list(bits.as_numpy_iterator()))], axis=1)
 
 
+# The flags that define the untrained model of `random_encoder`.
+RANDOM_ENCODER_FLAGS = ("seed", "train_mode", "image_size", "resnet_depth", "width_multiplier",
+                        "sk_ratio", "se_ratio", "batch_norm_decay", "global_bn",
+                        "fine_tune_after_block", "proj_head_mode", "proj_out_dim",
+                        "num_proj_layers", "ft_proj_selector", "lineareval_while_pretraining",
+                        "probe_batch_norm", "probe_view", "num_rand_bits", "precision")
+_random_encoders = {}
+
+
+def random_encoder(cfg, num_classes):
+    """The run's model as its training started: built and initialised from
+    --seed as `trainers.build_trainer` builds it, so its encoder is the
+    trained one's left untrained. One per process for the flags that
+    define it (`RANDOM_ENCODER_FLAGS`), so the evaluations of an eval loop
+    share one model and one compiled encoder."""
+    key = tuple(str(getattr(cfg, name)) for name in RANDOM_ENCODER_FLAGS) + (str(num_classes),)
+    if key not in _random_encoders:
+        _random_encoders.clear()
+        keras.utils.set_random_seed(cfg.seed)
+        _random_encoders[key] = train_lib.build_model(cfg, num_classes)
+    return _random_encoders[key]
+
+
 def compute_baselines(cfg, trainer, source, features):
     """Logistic regression on raw pixels (and RandBits), on the trained
-    encoder's h (`features`, from `split_features`) and on an untrained
-    encoder's h (eval-mode batch norm, no augmentation), all standardised
-    and scored on --eval_split, for each label (`label_keys`)."""
+    encoder's h (`features`, from `split_features`) and on the same encoder
+    left untrained (`random_encoder`; eval-mode batch norm, no
+    augmentation), all standardised and scored on the `eval_examples` of
+    --eval_split, for each label (`label_keys`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x_train, y_train = source.as_numpy(cfg.train_split)
-    x_test, y_test = source.as_numpy(cfg.eval_split)
-    keras.utils.set_random_seed(cfg.seed + 1)
-    untrained = train_lib.build_model(cfg, source.label_classes)
+    x_test, y_test = eval_arrays(cfg, source)
+    untrained = random_encoder(cfg, source.label_classes)
     random_features = split_features(cfg, trainer, source, untrained)
     inputs = dict(raw_pixel=(raw_pixels(cfg, x_train), raw_pixels(cfg, x_test)),
                   random_encoder=(random_features[0], random_features[2]),

@@ -40,10 +40,15 @@ import os
 import subprocess
 import sys
 
+import keras
 import tensorflow as tf
 
 import checkpoint as checkpoint_lib
+import config
 import resnet
+import run_record
+import tf_kernels  # noqa: F401  (registers TensorFlow's fused batch norm)
+import train_lib
 
 SAVED_MODEL_DIR = "saved_model"
 OUTPUT_NAMES = resnet.ENDPOINT_NAMES + (
@@ -149,6 +154,26 @@ def save(model, model_dir, step, keep):
     return final
 
 
+def export_run(cfg, trainer, prefix):
+    """The SavedModel of a trainer's current weights, those of its checkpoint
+    `prefix`, in model_dir/saved_model/<step>/, the newest
+    --keep_hub_module_max kept; returns its directory (None on a worker
+    that does not write the run's outputs).
+
+    A float32 TensorFlow trainer exports its own model (`save`); every
+    worker of a multi-worker run writes, as collective saves need, the
+    others into their scratch directory. Any other run is exported from the
+    checkpoint by a float32 TensorFlow process (`export_in_subprocess`):
+    SavedModels hold TensorFlow graphs, and they compute in float32.
+    """
+    keep = cfg.keep_hub_module_max
+    if trainer.backend == "tensorflow" and cfg.precision == "float32":
+        return save(trainer.model, trainer.worker_dir, trainer.step, keep)
+    if not trainer.chief:
+        return None
+    return export_in_subprocess(cfg.model_dir, prefix, trainer.step, keep)
+
+
 def export_in_subprocess(model_dir, prefix, step, keep):
     """Exports the checkpoint at `prefix` (of step `step`) of the run in
     `model_dir` from a TensorFlow-backend process: how a run trained under
@@ -175,12 +200,8 @@ def export_in_subprocess(model_dir, prefix, step, keep):
 def _export_checkpoint(model_dir, prefix, step, keep):
     """Builds the model of the run's `flags.json`, restores the checkpoint
     at `prefix` into it (none when `prefix` is empty) and exports it."""
-    import keras
-
-    import config
-    import train_lib
-    cfg = config.Config(config.read_record(model_dir))
-    source = config.open_dataset(cfg.record())
+    cfg = config.Config(run_record.read_record(model_dir))
+    source = run_record.open_dataset(cfg.record())
     keras.utils.set_random_seed(cfg.seed)
     model = train_lib.build_model(cfg, source.label_classes, precision="float32")
     if prefix:

@@ -34,12 +34,34 @@ LARS_EXCLUDE = ["batch_normalization", "bias", "head_supervised"]
 
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 TRAIN_MODES = ("pretrain", "finetune", "autoencoder")
+# Train modes that learn a representation without labels and train the
+# online probe beside it.
+REPRESENTATION_MODES = ("pretrain", "autoencoder")
 PROBE_VIEWS = ("augmented", "clean")
 OPTIMIZERS = ("momentum", "adam", "lars")
 # Keras dtype policies of --precision: under the mixed ones layers compute in
 # the reduced type and keep float32 variables.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
+# Channels of a view's image: the augmentations produce RGB.
+RGB_CHANNELS = 3
+# Images up to this side are small (CIFAR-size): the ResNet takes the CIFAR
+# stem (a 3x3 stride-1 convolution, no max-pool), evaluation resizes them
+# whole instead of centre-cropping, and their preset is the CIFAR recipe.
+SMALL_IMAGE_SIDE = 32
+
+
+def view_channels(num_rand_bits=0):
+    """Channels of one view: RGB, then the `num_rand_bits` RandBits planes."""
+    return RGB_CHANNELS + num_rand_bits
+
+
+def augmented_views(train_mode):
+    """Augmented views of each training example: the two of a positive pair
+    in pretraining, one in autoencoder training and in fine-tuning."""
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(f"train_mode={train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+    return 2 if train_mode == "pretrain" else 1
 
 
 def dense_initializer():
@@ -205,7 +227,7 @@ class Model(keras.Model):
         self.probe_view = probe_view
         self.resnet_model = resnet.resnet(
             resnet_depth=resnet_depth, width_multiplier=width_multiplier,
-            cifar_stem=image_size <= 32, sk_ratio=sk_ratio, se_ratio=se_ratio,
+            cifar_stem=image_size <= SMALL_IMAGE_SIDE, sk_ratio=sk_ratio, se_ratio=se_ratio,
             batch_norm_decay=batch_norm_decay, global_bn=global_bn,
             fine_tune_after_block=fine_tune_after_block, name="resnet")
         self._projection_head = ProjectionHead(

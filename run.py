@@ -1,6 +1,7 @@
-r"""SimCLR trainer with the generalized contrastive losses: flags and driver.
+r"""SimCLR trainer with the generalized contrastive losses: the driver.
 
-Mirrors `tf2/run.py` of the original release (same 48 flags, same meaning),
+Mirrors `tf2/run.py` of the original release (the same 48 flags with the
+same meaning, defined in `run_flags.py` beside this project's own),
 with the loss family of "Intriguing Properties of Contrastive Losses" wired in
 (`--loss`), one code path for every distribution strategy, the JAX backend
 (`KERAS_BACKEND=jax`), and an embedded default dataset so that a bare
@@ -11,16 +12,17 @@ with the loss family of "Intriguing Properties of Contrastive Losses" wired in
     python run.py --loss=swd --prior=uniform_hypercube
     python run.py --dataset=cifar10 --data_dir=DIR    # a prepared TFDS dataset
 
-Where things live: `config.py` (presets, checks, the run's record),
-`train_lib.py` (model, optimizers, the objective), `trainer_tf.py` and
-`trainer_jax.py` (the backend edges), `train_loop.py` (the host loop),
-`checkpoint.py`, `evaluation.py`.
+Where things live: `run_flags.py` (the flags), `config.py` (presets,
+checks, what each flag means for a run), `run_record.py` (the runs on disk:
+their records, resuming, evaluating), `train_lib.py` (model, optimizers, the
+objective), `trainers.py` with `trainer_tf.py` and `trainer_jax.py` (the
+backends), `train_loop.py` (the host loop), `checkpoint.py`,
+`evaluation.py`, `export.py`.
 
 Every user mistake ends with one line `run.py: error: ...` and exit status 2;
 a non-finite loss or gradient stops training with one line and exit status 3;
 the loss of another worker of a multi-worker run, with one line and 4.
 """
-import importlib
 import os
 import shlex
 import sys
@@ -32,11 +34,6 @@ import native_stderr
 # AVX512-VNNI or newer; on AVX2-only CPUs (AMD EPYC, most laptops) they are
 # off, and a training step of the default job took 3.7x longer (bench/README.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-# XLA reads its flags when JAX starts, before flags are parsed: deterministic
-# GPU kernels for --deterministic under JAX.
-if any(arg in ("--deterministic", "--deterministic=true") for arg in sys.argv[1:]):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_gpu_deterministic_ops=true").strip()
 
 with native_stderr.hidden():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,177 +46,22 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 import checkpoint as checkpoint_lib  # noqa: E402
-import config  # noqa: E402
 import datasets  # noqa: E402
 import evaluation  # noqa: E402
 import export  # noqa: E402
+import run_flags  # noqa: E402
+import run_record  # noqa: E402
 import train_lib  # noqa: E402
 import train_loop  # noqa: E402
-from config import CHOICES  # noqa: E402
-from config import UsageError  # noqa: E402
+from errors import DatasetError  # noqa: E402
+from errors import UsageError  # noqa: E402
+from trainers import build_trainer  # noqa: E402
 
-FLAGS = flags.FLAGS
+# The flags are run_flags.py's; `python run.py --helpshort` lists them.
+flags.adopt_module_key_flags(run_flags)
+FLAGS = run_flags.FLAGS
+PROJECT_FLAG_NAMES = run_flags.PROJECT_FLAG_NAMES
 
-# ---------------------------------------------------------------------------
-# The original's 48 flags. Defaults are the original's; the documented
-# deviations are `dataset` (embedded digits), `use_tpu` (False: the strategy is
-# detected) and `width_multiplier` (a float). Flags left unset take the
-# dataset's preset (`Source.preset()`, applied by `config.resolve`).
-# ---------------------------------------------------------------------------
-flags.DEFINE_float("learning_rate", 0.3, "Initial learning rate per batch size of 256.")
-flags.DEFINE_enum("learning_rate_scaling", "linear", list(CHOICES["learning_rate_scaling"]),
-                  "How to scale the learning rate as a function of batch size.")
-flags.DEFINE_float("warmup_epochs", 10, "Number of epochs of warmup.")
-flags.DEFINE_float("weight_decay", 1e-6, "Amount of weight decay to use.")
-flags.DEFINE_float("batch_norm_decay", 0.9, "Batch norm decay parameter.")
-flags.DEFINE_integer("train_batch_size", 512, "Global batch size for training.")
-flags.DEFINE_string("train_split", "train", "Split for training.")
-flags.DEFINE_integer("train_epochs", 100, "Number of epochs to train for.")
-flags.DEFINE_integer("train_steps", 0, "Number of steps to train for. If provided, overrides train_epochs.")
-flags.DEFINE_integer("eval_steps", 0, "Number of steps to eval for. If not provided, evals over entire dataset.")
-flags.DEFINE_integer("eval_batch_size", 256, "Global batch size for eval.")
-flags.DEFINE_integer("checkpoint_epochs", 1, "Number of epochs between checkpoints.")
-flags.DEFINE_integer("checkpoint_steps", 0,
-                     "Number of steps between checkpoints. If provided, overrides checkpoint_epochs.")
-flags.DEFINE_string("eval_split", "validation", "Split for evaluation.")
-flags.DEFINE_string("dataset", "digits",
-                    "Dataset: 'digits' (embedded), 'digits_on_photos' and 'multi_digits' (generated "
-                    "from installed packages), 'digits_on_flowers' (tf_flowers + mnist from "
-                    "--data_dir), 'image_folder' (needs --data_dir) or a TFDS name read from "
-                    "--data_dir. Flags left unset take the dataset's preset: for digits "
-                    "see each flag; images up to 32 px get a CIFAR-stem ResNet-18 at batch 128, "
-                    "up to 160 px a ResNet-18 at their own size; larger ones the original's "
-                    "defaults (README, 'Flags that matter').")
-flags.DEFINE_bool("cache_dataset", False, "Whether to cache the entire dataset in memory.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "train_then_eval"],
-                  "Whether to perform training or evaluation. eval takes the model and data flags "
-                  "from --model_dir's flags.json.")
-flags.DEFINE_enum("train_mode", "pretrain", list(CHOICES["train_mode"]),
-                  "The train mode controls different objectives and trainable components: pretrain "
-                  "(contrastive), finetune (supervised), autoencoder (the encoder with a decoder and a "
-                  "reconstruction loss, the baseline of the feature-suppression study).")
-flags.DEFINE_bool("lineareval_while_pretraining", True,
-                  "Whether to finetune supervised head while pretraining.")
-flags.DEFINE_string("checkpoint", None, "Loading from the given checkpoint (prefix or run directory) for "
-                    "fine-tuning if a finetuning checkpoint does not already exist in model_dir; "
-                    "its run's architecture flags apply.")
-flags.DEFINE_bool("zero_init_logits_layer", False, "If True, zero initialize layers after avg_pool for supervised learning.")
-flags.DEFINE_integer("fine_tune_after_block", -1,
-                     "The layers after which block that we will fine-tune. -1 means fine-tuning everything. "
-                     "0 means fine-tuning after stem block. 4 means fine-tuning just the linear head.")
-flags.DEFINE_string("master", None, "Address/name of the TensorFlow master to use. By default, use an in-process master.")
-flags.DEFINE_string("model_dir", None, "Model directory for training (default: runs/<dataset>_<mode>_<loss>_<time>).")
-flags.DEFINE_string("data_dir", None, "Directory where dataset is stored.")
-flags.DEFINE_bool("use_tpu", False, "Whether to run on TPU (also implied by --tpu_name or --master).")
-flags.DEFINE_string("tpu_name", None, "The Cloud TPU to use for training.")
-flags.DEFINE_string("tpu_zone", None, "GCE zone where the Cloud TPU is located in.")
-flags.DEFINE_string("gcp_project", None, "Project name for the Cloud TPU-enabled project.")
-flags.DEFINE_enum("optimizer", "lars", list(CHOICES["optimizer"]), "Optimizer to use.")
-flags.DEFINE_float("momentum", 0.9, "Momentum parameter.")
-flags.DEFINE_string("eval_name", None, "Name for eval (names the eval summary folder).")
-flags.DEFINE_integer("keep_checkpoint_max", 5, "Maximum number of checkpoints to keep.")
-flags.DEFINE_integer("keep_hub_module_max", 1,
-                     "Maximum number of Hub modules (SavedModels in model_dir/saved_model/<step>) to keep; "
-                     "0 exports none.")
-flags.DEFINE_float("temperature", 0.1, "Temperature parameter for contrastive loss (unset: the loss's own).")
-flags.DEFINE_boolean("hidden_norm", True, "L2-normalise the projections before the contrastive loss.")
-flags.DEFINE_enum("proj_head_mode", "nonlinear", list(CHOICES["proj_head_mode"]), "How the head projection is done.")
-flags.DEFINE_integer("proj_out_dim", 128, "Number of head projection dimension.")
-flags.DEFINE_integer("num_proj_layers", 3, "Number of non-linear head layers.")
-flags.DEFINE_integer("ft_proj_selector", 0, "Which layer of the projection head to use during fine-tuning. "
-                     "0 means no projection head, and -1 means the final layer.")
-flags.DEFINE_boolean("global_bn", True, "Whether to aggregate BN statistics across distributed cores.")
-flags.DEFINE_float("width_multiplier", 1, "Multiplier to change width of network (fractions allowed).")
-flags.DEFINE_integer("resnet_depth", 50, "Depth of ResNet: 18, 34, 50, 101, 152 or 200.")
-flags.DEFINE_float("sk_ratio", 0.0,
-                   "If it is bigger than 0, it enables selective kernels in bottleneck blocks "
-                   "(ResNet-50 and deeper), ResNet-D projection shortcuts and, unless the "
-                   "CIFAR stem is used, the ResNet-D deep stem. Recommendation: 0.0625.")
-flags.DEFINE_float("se_ratio", 0.0, "If it is bigger than 0, it will enable SE.")
-flags.DEFINE_integer("image_size", 224, "Input image size.")
-flags.DEFINE_float("color_jitter_strength", 1.0,
-                   "The strength of color jittering (0 turns colour distortion off, grayscale included).")
-flags.DEFINE_boolean("use_blur", True, "Whether or not to use Gaussian blur for augmentation during pretraining.")
-
-# ---------------------------------------------------------------------------
-# Flags this project adds.
-# ---------------------------------------------------------------------------
-flags.DEFINE_enum("loss", "ntxent", list(CHOICES["loss"]), "Contrastive objective (see README, 'Losses').")
-flags.DEFINE_enum("prior", None, list(CHOICES["prior"]),
-                  "swd: prior the representations are matched to (default uniform_hypersphere).")
-flags.DEFINE_float("lambda_weight", None, "decoupled/swd/simple/align_uniform: weight λ of the distribution term.")
-flags.DEFINE_float("gen_loss_scale", None, "decoupled/swd: overall scale s of the generalized loss (default 1).")
-flags.DEFINE_bool("dhel_include_augs", None, "dhel: add the second view's energy term (default True).")
-flags.DEFINE_enum("kcl_kernel", None, list(CHOICES["kcl_kernel"]), "kcl: kernel (default gaussian).")
-flags.DEFINE_float("kcl_t", None, "kcl: kernel parameter t (default 2; > 0, or != 0 for riesz).")
-flags.DEFINE_float("kcl_gamma", None, "kcl: weight γ of the uniformity term (default 16).")
-flags.DEFINE_integer("hard_num_negatives", None, "hard: negatives kept per anchor (default all).")
-flags.DEFINE_integer("loss_chunk_size", None,
-                     "ntxent/dcl/dhel/decoupled: the same loss computed over blocks of this many "
-                     "candidate rows, its memory growing with n·C instead of n·B (unset: whole "
-                     "matrices).")
-flags.DEFINE_enum("precision", "float32", list(CHOICES["precision"]),
-                  "Arithmetic of the layers: float32, or mixed_bfloat16 / mixed_float16 (compute in the "
-                  "reduced type, float32 variables; the losses, normalisation and softmax stay float32; "
-                  "float16 with dynamic loss scaling). Exported SavedModels compute in float32.")
-flags.DEFINE_float("align_alpha", None, "align_uniform: exponent α of the alignment term (default 2).")
-flags.DEFINE_float("unif_t", None, "align_uniform: t of the uniformity term (default 2).")
-flags.DEFINE_integer("num_rand_bits", 0,
-                     "RandBits (Chen & Li 2021): K channels appended to every view, the bits of a hash "
-                     "of the image into 2^K buckets, the same in both views and at evaluation "
-                     "(datasets/rand_bits.py); the encoder's input has 3 + K channels.")
-flags.DEFINE_list("digit_sizes", None,
-                  "digits_on_photos, digits_on_flowers: the pasted digit's size in pixels; "
-                  "multi_digits: the large and the small digit's sizes, e.g. 20,8 (unset: the "
-                  "dataset's own).")
-flags.DEFINE_float("crop_min_area", 0.08, "Smallest area fraction of the random resized crop.")
-flags.DEFINE_float("probe_learning_rate", 0.0,
-                   "Learning rate per batch size of 256 of the online linear probe (pretrain with "
-                   "--lineareval_while_pretraining), on the same warm-up and cosine schedule as --learning_rate; "
-                   "0 trains the probe with the main optimizer, as the original does.")
-flags.DEFINE_float("probe_weight_decay", None,
-                   "Weight decay of the online probe (pretrain with --lineareval_while_pretraining), an "
-                   "explicit wd·½Σw² term on the head variables --weight_decay would decay (kernel and bias; "
-                   "the kernel only under LARS); unset: --weight_decay, as the original.")
-flags.DEFINE_bool("probe_batch_norm", False,
-                  "Standardise the supervised head's input with batch norm without scale or offset "
-                  "(the MAE linear probe); the original feeds the features as they are.")
-flags.DEFINE_enum("probe_view", "augmented", list(CHOICES["probe_view"]),
-                  "What the online probe trains on while pretraining: the augmented views, as the original "
-                  "does, or clean, the evaluation view of each training image, encoded in inference mode "
-                  "as at evaluation (one extra forward pass per step).")
-flags.DEFINE_bool("use_flip", True, "Random horizontal flips in training (the original always flips).")
-flags.DEFINE_bool("partial_checkpoint", False,
-                  "With --checkpoint: initialise only the variables whose path and shape match "
-                  "(a checkpoint of another depth, width or stem) and list every one skipped; "
-                  "the architecture flags given here then apply. Without it, a checkpoint whose "
-                  "encoder does not match is refused.")
-flags.DEFINE_bool("compute_baselines", False,
-                  "After eval, also fit logistic regression on raw pixels and on an untrained encoder's features "
-                  "(small datasets only).")
-flags.DEFINE_integer("seed", 0, "Seed for weight initialisation, augmentations and the SWD projections.")
-flags.DEFINE_bool("deterministic", False,
-                  "Bit-identical reruns: seeded data order kept through the parallel input pipeline, "
-                  "deterministic kernels; a run resumed from a checkpoint continues with the batches an "
-                  "uninterrupted one would have seen. Slower input pipeline.")
-flags.DEFINE_bool("jit_compile", False,
-                  "TensorFlow backend: compile each replica's training step with XLA. Measured 2x "
-                  "slower than TensorFlow's own kernels on CPU (bench/README.md); the JAX backend "
-                  "always compiles its whole step.")
-flags.DEFINE_bool("plot", False,
-                  "After evaluating, write plot_training.png (losses, accuracies, the representation "
-                  "metrics over steps), plot_embedding.png (PCA of h) and plot_cosines.png (pairwise "
-                  "cosines against the uniform law) into --model_dir.")
-flags.DEFINE_integer("log_every_steps", 10,
-                     "Steps between training summaries and progress lines (0: at checkpoints only).")
-
-PROJECT_FLAGS = tuple(FLAGS.get_flags_for_module(sys.modules[__name__]))
-PROJECT_FLAG_NAMES = tuple(f.name for f in PROJECT_FLAGS)
-for _name, _check, _message in config.validators():
-    flags.register_validator(_name, _check, _message)
-
-# Backends and the module of their trainer: adding a backend touches this.
-TRAINERS = {"tensorflow": "trainer_tf", "jax": "trainer_jax"}
 HELP_FLAGS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
 EXIT_NON_FINITE = 3
 EXIT_PEER_LOST = 4
@@ -260,29 +102,9 @@ def fail(message, status=2):
     sys.exit(status)
 
 
-def make_trainer(cfg):
-    """The trainer of the Keras backend (KERAS_BACKEND)."""
-    backend = keras.backend.backend()
-    if backend not in TRAINERS:
-        raise UsageError(f"KERAS_BACKEND={backend} is not supported; it must be one of "
-                         f"{', '.join(TRAINERS)}")
-    return importlib.import_module(TRAINERS[backend]).Trainer(cfg)
-
-
 def resolve_flags():
-    """(Config, Source) of the parsed command line (`config.resolve`)."""
-    values = {name: FLAGS[name].value for name in PROJECT_FLAG_NAMES}
-    present = {name for name in PROJECT_FLAG_NAMES if FLAGS[name].present}
-    defaults = {name: FLAGS[name].default for name in PROJECT_FLAG_NAMES}
-    return config.resolve(values, present, defaults)
-
-
-def build_trainer(cfg, source):
-    """The backend's trainer with its model and optimizers built, seeded."""
-    trainer = make_trainer(cfg)
-    keras.utils.set_random_seed(cfg.seed)
-    trainer.build(source.label_classes, source.num_examples(cfg.train_split), source.label_names)
-    return trainer
+    """(Config, Source) of the parsed command line (`run_record.resolve`)."""
+    return run_record.resolve(*run_flags.parsed())
 
 
 def restore(cfg, trainer, checkpointer):
@@ -309,9 +131,33 @@ def export_saved_model(cfg, trainer, prefix=None):
     if cfg.keep_hub_module_max == 0:
         return
     prefix = prefix or checkpoint_lib.latest_checkpoint(trainer.worker_dir)
-    path = trainer.export_saved_model(prefix, cfg.keep_hub_module_max)
+    path = export.export_run(cfg, trainer, prefix)
     if trainer.chief:
         print(f"saved_model: {path}", flush=True)
+
+
+def evaluate_checkpoints(cfg, trainer, source, checkpointer, train_steps):
+    """--mode=eval: evaluates the newest checkpoint of --model_dir (the
+    newest readable one, a damaged one being named, as when training
+    resumes) and exports it. With --eval_wait_secs=S, as the original's
+    evaluator beside a trainer, then waits for each newer checkpoint and
+    evaluates it, until one of the run's last step (whose length
+    flags.json recorded), or until S seconds pass without a new one."""
+    latest = checkpoint_lib.latest_checkpoint(cfg.model_dir)
+    while True:
+        prefix = checkpointer.restore_newest_good(cfg.model_dir)
+        trainer.load()
+        evaluation.evaluate_and_write(cfg, trainer, source)
+        export_saved_model(cfg, trainer, prefix)
+        if not cfg.eval_wait_secs or checkpoint_lib.checkpoint_step(latest) >= train_steps:
+            return
+        newer = checkpoint_lib.wait_for_newer(cfg.model_dir, latest, cfg.eval_wait_secs)
+        if newer is None:
+            print(f"no checkpoint newer than {latest} in {cfg.eval_wait_secs} s "
+                  f"(--eval_wait_secs); the run stopped before its step {train_steps}",
+                  flush=True)
+            return
+        latest = newer
 
 
 def main(argv):
@@ -319,6 +165,9 @@ def main(argv):
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines would drown the progress
+    if keras.backend.backend() != "tensorflow":
+        # TensorFlow feeds tf.data from the host; the accelerators are the backend's.
+        tf.config.set_visible_devices([], "GPU")
     cfg, source = resolve_flags()
     for line in cfg.notices:
         print(f"note: {line}", flush=True)
@@ -332,9 +181,9 @@ def main(argv):
     train_steps = train_lib.train_steps(cfg, num_train)
 
     if cfg.mode in ("train", "train_then_eval"):
-        tf.io.gfile.makedirs(cfg.model_dir)
+        run_record.make_model_dir(cfg.model_dir)
         if trainer.chief:
-            checkpoint_lib.write_json(os.path.join(cfg.model_dir, config.RECORD_FILE), cfg.record())
+            run_record.write_record(cfg)
         writer = tf.summary.create_file_writer(cfg.model_dir) if trainer.chief else None
         start = time.time()
         train_loop.train(cfg, trainer, source, checkpointer, writer, train_steps)
@@ -343,18 +192,7 @@ def main(argv):
     if cfg.mode == "train_then_eval":
         evaluation.evaluate_and_write(cfg, trainer, source)
     elif cfg.mode == "eval":
-        # Like the original: evaluate each new checkpoint until the last step
-        # of the training run, whose length flags.json recorded. A damaged
-        # one is named and the newest readable one evaluated in its place,
-        # as when training resumes; the run's last step ends the loop even
-        # when its checkpoint is the damaged one.
-        for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=15):
-            prefix = checkpointer.restore_newest_good(cfg.model_dir)
-            trainer.load()
-            evaluation.evaluate_and_write(cfg, trainer, source)
-            export_saved_model(cfg, trainer, prefix)
-            if checkpoint_lib.checkpoint_step(path) >= train_steps:
-                break
+        evaluate_checkpoints(cfg, trainer, source, checkpointer, train_steps)
     if not trainer.chief:
         tf.io.gfile.rmtree(trainer.worker_dir)
 
@@ -362,7 +200,7 @@ def main(argv):
 def run_main(argv):
     try:
         main(argv)
-    except (UsageError, datasets.DatasetError) as e:
+    except (UsageError, DatasetError) as e:
         fail(e)
     except train_loop.NonFiniteError as e:
         fail(e, status=EXIT_NON_FINITE)

@@ -23,15 +23,11 @@ import keras
 from keras import ops
 
 import autoencoder
-import config as config_lib
-import data
 import metrics
 import model as model_lib
 import objective
 
-# Train modes that learn a representation without labels and train the
-# online probe beside it.
-REPRESENTATION_MODES = ("pretrain", "autoencoder")
+REPRESENTATION_MODES = model_lib.REPRESENTATION_MODES
 
 # Dynamic loss scaling of mixed_float16 (Micikevicius et al. 2018, the
 # values of keras.optimizers.LossScaleOptimizer).
@@ -46,16 +42,21 @@ def clean_probe_view(cfg):
 
 
 def num_input_views(cfg):
-    """Views per training example: two augmented ones in pretraining, one in
-    autoencoder training and in fine-tuning, and the probe's clean view with
+    """Views per training example: the augmented ones
+    (`model.augmented_views`) and the probe's clean view with
     --probe_view=clean."""
-    augmented = 2 if cfg.train_mode == "pretrain" else 1
-    return augmented + int(clean_probe_view(cfg))
+    return model_lib.augmented_views(cfg.train_mode) + int(clean_probe_view(cfg))
 
 
 def view_channels(cfg):
     """Channels of one view: RGB and the --num_rand_bits planes."""
-    return data.view_channels(cfg.num_rand_bits)
+    return model_lib.view_channels(cfg.num_rand_bits)
+
+
+def summary_hidden_norm(cfg):
+    """Whether the contrast summaries normalise: as the loss does, and yes
+    for losses that always work on unit vectors."""
+    return cfg.loss_params.get("hidden_norm", True) is not False
 
 
 @contextlib.contextmanager
@@ -108,16 +109,21 @@ def build_model(cfg, num_classes, view_channels=None, precision=None):
 
 def _build_model(cfg, num_classes, view_channels):
     if view_channels is None:
-        view_channels = data.view_channels(cfg.num_rand_bits)
+        view_channels = model_lib.view_channels(cfg.num_rand_bits)
+    # A flag the run does not use is None (`config.unused_flags`): the
+    # model gets the value that does nothing.
+    finetune = cfg.train_mode == "finetune"
     model = model_lib.Model(
         num_classes, image_size=cfg.image_size, train_mode=cfg.train_mode,
         resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
         sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio, batch_norm_decay=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn, fine_tune_after_block=cfg.fine_tune_after_block,
+        global_bn=cfg.global_bn,
+        fine_tune_after_block=cfg.fine_tune_after_block if finetune else -1,
         proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
         num_proj_layers=cfg.num_proj_layers, ft_proj_selector=cfg.ft_proj_selector,
-        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
-        probe_batch_norm=cfg.probe_batch_norm, probe_view=cfg.probe_view,
+        lineareval_while_pretraining=bool(cfg.lineareval_while_pretraining),
+        probe_batch_norm=bool(cfg.probe_batch_norm),
+        probe_view="clean" if clean_probe_view(cfg) else "augmented",
         view_channels=view_channels)
     channels = view_channels * num_input_views(cfg)
     # Traced, not run: an eager forward pass would compile every op under JAX.
@@ -217,7 +223,7 @@ class Objective:
         self.gather = gather
         self.normal_noise = normal_noise
         self.num_replicas = num_replicas
-        self.summary_hidden_norm = config_lib.summary_hidden_norm(cfg)
+        self.summary_hidden_norm = summary_hidden_norm(cfg)
 
     def contrastive(self, projection, step):
         """(contrastive loss, its logs) of `projection`, this replica's [2n, d]
@@ -248,7 +254,7 @@ class Objective:
         c = self.model.view_channels
         views = reconstruction.shape[0] // features.shape[0]
         targets = ops.concatenate([features[..., v * c:(v + 1) * c] for v in range(views)], 0)
-        loss = autoencoder.reconstruction_loss(targets, reconstruction, data.RGB_CHANNELS)
+        loss = autoencoder.reconstruction_loss(targets, reconstruction, model_lib.RGB_CHANNELS)
         return loss, dict(reconstruction_loss=loss)
 
     def supervised(self, labels, logits):

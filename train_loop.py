@@ -25,8 +25,9 @@ import keras
 import tensorflow as tf
 
 import checkpoint as checkpoint_lib
+import data
 import evaluation
-from config import error_line
+from errors import error_line
 
 
 class NonFiniteError(Exception):
@@ -181,7 +182,7 @@ def _train(cfg, trainer, source, checkpointer, summary_writer, train_steps, stop
     log_every = cfg.log_every_steps or save_every
     step = trainer.step
     heldout = evaluation.heldout_batch(cfg, source)
-    iterator = trainer.train_iterator(source, step)
+    iterator = trainer.train_iterator(data.train_input_fn(cfg, source, step))
     progress = Progress(train_steps, step)
     while step < train_steps:
         end = min(next_boundary(step, log_every), next_boundary(step, save_every), train_steps)

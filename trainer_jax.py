@@ -9,22 +9,47 @@ Keras variables as lists of arrays: `train_lib.Objective` runs inside a
 `jax.value_and_grad` differentiates it, and `optimizer.stateless_apply`
 applies the gradients. `sync()` writes the state back into the variables
 (before checkpoints and evaluation), `load()` reads it from them (after a
-restore). tf.data feeds the batches (TensorFlow is kept off the GPUs).
+restore).
+
+TensorFlow-free: the batches come as numpy arrays from any iterable (the
+run's tf.data pipeline through `train_iterator`, or synthetic ones in the
+benchmarks), and the TensorFlow edges write checkpoints and SavedModels from
+the Keras variables.
 """
+import os
+
 import jax
 import keras
 import numpy as np
-import tensorflow as tf
+from jax._src import xla_bridge
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-import data
-import export
 import metrics
 import model as model_lib
 import train_lib
-from config import UsageError
+from errors import UsageError
+
+# XLA's flag for deterministic GPU kernels (scatter-adds and reductions
+# otherwise sum in a scheduling-dependent order).
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def deterministic_kernels():
+    """Adds `DETERMINISTIC_XLA_FLAG` to XLA_FLAGS, which XLA reads when JAX
+    creates its backends: before the process's first JAX computation.
+
+    Raises:
+        UsageError: JAX has already created them without it.
+    """
+    current = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_XLA_FLAG in current.split():
+        return
+    if xla_bridge.backends_are_initialized():
+        raise UsageError("--deterministic under JAX needs XLA's deterministic kernels, set "
+                         "before JAX starts: run with XLA_FLAGS=" + DETERMINISTIC_XLA_FLAG)
+    os.environ["XLA_FLAGS"] = f"{current} {DETERMINISTIC_XLA_FLAG}".strip()
 
 
 def stateless(model, fn):
@@ -55,7 +80,8 @@ class Trainer:
 
     def __init__(self, cfg, devices=None):
         self.cfg = cfg
-        tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs
+        if cfg.deterministic:
+            deterministic_kernels()
         devices = list(devices or jax.local_devices())
         self.num_replicas = len(devices)
         self.mesh = Mesh(np.array(devices), ("batch",))
@@ -64,10 +90,10 @@ class Trainer:
         self.chief = jax.process_index() == 0
         self.worker_dir = cfg.model_dir
         self.device_summary = f"{len(devices)} {devices[0].platform} device(s)"
-        for flag in ("train_batch_size", "eval_batch_size"):
-            if getattr(cfg, flag) % self.num_replicas:
-                raise UsageError(f"--{flag}={getattr(cfg, flag)} is not divisible by the "
-                                 f"{self.num_replicas} JAX devices")
+        # Only the training batch is sharded; evaluation runs on one device.
+        if cfg.train_batch_size % self.num_replicas:
+            raise UsageError(f"--train_batch_size={cfg.train_batch_size} is not divisible by "
+                             f"the {self.num_replicas} JAX devices")
         if not cfg.global_bn and self.num_replicas > 1:
             raise UsageError("--global_bn=false needs the TensorFlow backend: under JAX the "
                              "batch is one program over all devices and batch norm always "
@@ -199,9 +225,9 @@ class Trainer:
             trainable, optimizer_values = updated, new_values
         return trainable, non_trainable, optimizer_values
 
-    def train_iterator(self, source, start_step=0):
-        """Iterator over global training batches (numpy) from `start_step`."""
-        input_fn = data.train_input_fn(self.cfg, source, start_step)
+    def train_iterator(self, input_fn):
+        """Iterator over the global training batches (numpy) of `input_fn`
+        (`data.train_input_fn`)."""
         return input_fn().as_numpy_iterator()
 
     def run_steps(self, iterator, num_steps):
@@ -215,10 +241,11 @@ class Trainer:
         return {k: float(totals[k]) / num_steps for k in self.log_names + ["gradients_finite"]}
 
     # -- evaluation ---------------------------------------------------------
-    def top_k_counts(self, source, k, max_steps=0):
+    def top_k_counts(self, input_fn, k, max_steps=0):
         """(top-1 hits [L], top-k hits [L], examples) of the supervised head
-        on --eval_split, for each of its L labels (`metrics.label_top_k`)."""
-        input_fn = data.eval_input_fn(self.cfg, source)
+        on the batches of `input_fn` (`data.eval_input_fn`), the first
+        `max_steps` of them when > 0, for each of its L labels
+        (`metrics.label_top_k`)."""
         trainable, non_trainable, _ = self.state
         classes = self.model.label_classes
         top1, topk, count = np.zeros(len(classes)), np.zeros(len(classes)), 0
@@ -248,12 +275,3 @@ class Trainer:
         trainable = values(model.trainable_variables)
         non_trainable = values(model.non_trainable_variables)
         return np.asarray(encode(trainable, non_trainable, images))
-
-    # -- export ------------------------------------------------------------
-    def export_saved_model(self, prefix, keep):
-        """The SavedModel of checkpoint `prefix` (the current weights) in
-        model_dir/saved_model/<step>/, written by a TensorFlow process
-        (`export.export_in_subprocess`): SavedModels hold TensorFlow graphs."""
-        if not self.chief:
-            return None
-        return export.export_in_subprocess(self.cfg.model_dir, prefix, self.step, keep)

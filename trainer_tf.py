@@ -6,19 +6,19 @@ One code path for every set-up (`get_strategy`): one device, several GPUs
 of the global batch with the negatives of all replicas, and several steps run
 in one `tf.function` call, as in the original.
 """
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+import config
 import data
-import export
 import metrics
 import model as model_lib
+import tf_kernels  # noqa: F401  (registers TensorFlow's fused batch norm)
 import train_lib
-from config import UsageError
-from config import error_line
+from errors import UsageError
+from errors import error_line
 
 
 def get_strategy(cfg):
@@ -31,7 +31,7 @@ def get_strategy(cfg):
     """
     if cfg.use_tpu or cfg.tpu_name or cfg.master:
         return tpu_strategy(cfg)
-    cluster = tf_config_cluster(os.environ.get("TF_CONFIG"))
+    cluster = config.tf_config_cluster(os.environ.get("TF_CONFIG"))
     if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -62,53 +62,6 @@ def tpu_strategy(cfg):
             "--tpu_zone and --gcp_project outside its project) or --master=grpc://host:port, "
             "or run --use_tpu on a TPU VM") from None
     return tf.distribute.TPUStrategy(resolver)
-
-
-TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, '
-                  '"task": {"type": "worker", "index": i}}')
-
-
-def tf_config_cluster(text):
-    """The cluster {task type: ["host:port", ...]} of a TF_CONFIG value ({}
-    when unset or without a cluster), checked as MultiWorkerMirroredStrategy
-    reads it: JSON, each task type a list of host:port addresses, and a task
-    whose type is in the cluster and whose index is inside its list.
-
-    Raises:
-        UsageError: one line naming what is wrong and the expected form.
-    """
-    if not text:
-        return {}
-
-    def bad(what):
-        return UsageError(f"TF_CONFIG {what}; expected {TF_CONFIG_FORM}")
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise bad(f"is not JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(value, dict):
-        raise bad(f"is a JSON {type(value).__name__}, not an object")
-    cluster = value.get("cluster") or {}
-    if not isinstance(cluster, dict):
-        raise bad('has a "cluster" that is not an object')
-    for name, tasks in cluster.items():
-        if not (isinstance(tasks, list) and tasks and all(
-                isinstance(t, str) and t.rpartition(":")[2].isdigit() for t in tasks)):
-            raise bad(f'has cluster "{name}": {json.dumps(tasks)}, not a list of host:port')
-    if not cluster:
-        return {}
-    task = value.get("task")
-    if not isinstance(task, dict) or "type" not in task:
-        raise bad('has a cluster but no "task" with a "type" and an "index"')
-    kind, index = task["type"], task.get("index", 0)
-    if kind not in cluster:
-        raise bad(f'task type "{kind}" is not in its cluster ({", ".join(sorted(cluster))})')
-    if not isinstance(index, int) or isinstance(index, bool) or not \
-            0 <= index < len(cluster[kind]):
-        raise bad(f'task index {json.dumps(index)} is outside its cluster\'s '
-                  f'{len(cluster[kind])} "{kind}" task(s)')
-    return cluster
 
 
 def is_chief(strategy):
@@ -289,9 +242,9 @@ class Trainer:
         logs["gradients_finite"] = train_lib.scaled_step_finite(finite, scale)
         return logs
 
-    def train_iterator(self, source, start_step=0):
-        """Iterator over distributed training batches from step `start_step`."""
-        input_fn = data.train_input_fn(self.cfg, source, start_step)
+    def train_iterator(self, input_fn):
+        """Iterator over the per-replica training batches of `input_fn`
+        (`data.train_input_fn`), distributed over the strategy's replicas."""
         return iter(data.build_distributed_dataset(input_fn, self.strategy))
 
     def run_steps(self, iterator, num_steps):
@@ -322,12 +275,12 @@ class Trainer:
         return dict(zip(self._names, means.numpy().tolist()))
 
     # -- evaluation ---------------------------------------------------------
-    def top_k_counts(self, source, k, max_steps=0):
+    def top_k_counts(self, input_fn, k, max_steps=0):
         """(top-1 hits [L], top-k hits [L], examples) of the supervised head
-        on --eval_split for each of its L labels (`metrics.label_top_k`),
-        summed over replicas."""
-        dataset = data.build_distributed_dataset(data.eval_input_fn(self.cfg, source),
-                                                 self.strategy)
+        on the batches of `input_fn` (`data.eval_input_fn`), the first
+        `max_steps` of them when > 0, for each of its L labels
+        (`metrics.label_top_k`), summed over replicas."""
+        dataset = data.build_distributed_dataset(input_fn, self.strategy)
         model, strategy = self.model, self.strategy
         classes = model.label_classes
 
@@ -373,18 +326,3 @@ class Trainer:
             return outputs["final_avg_pool"], outputs["proj_head_output"]
         h, z = self._inference(self.model, "embed", h_and_z)(tf.convert_to_tensor(images))
         return h.numpy(), z.numpy()
-
-    # -- export ------------------------------------------------------------
-    def export_saved_model(self, prefix, keep):
-        """The SavedModel of the current weights in
-        model_dir/saved_model/<step>/ (`export.save`); every worker writes
-        it, as collective saves need, the others into their scratch
-        directory. Under a mixed --precision the checkpoint `prefix` of
-        these weights is exported by a float32 process instead
-        (`export.export_in_subprocess`), so the SavedModel computes in
-        float32."""
-        if self.cfg.precision != "float32":
-            if not self.chief:
-                return None
-            return export.export_in_subprocess(self.cfg.model_dir, prefix, self.step, keep)
-        return export.save(self.model, self.worker_dir, self.step, keep)

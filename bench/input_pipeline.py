@@ -30,9 +30,9 @@ With `--step` the trainer is built as `run.main` builds it and two more
 lines time `--repeats` blocks of `--steps` training steps after 5 warm-up
 steps, through the trainer's own `run_steps`:
 
-    {"measure": "step_fed", ...}      fed by the pipeline, as in training
-                                      (and bench/step_time.py): the step and
-                                      the augmentation share the CPU
+    {"measure": "step_fed", ...}      fed by the pipeline, as in training:
+                                      the step and the augmentation share
+                                      the CPU
     {"measure": "step_cached", ...}   fed one batch of the pipeline over and
                                       over: the step alone
 
@@ -184,7 +184,8 @@ def main(argv):
         return
 
     trainer = run.build_trainer(cfg, source)
-    for measure, iterator in (("step_fed", trainer.train_iterator(source)),
+    fed = trainer.train_iterator(data.train_input_fn(cfg, source))
+    for measure, iterator in (("step_fed", fed),
                               ("step_cached", cached_iterator(trainer, batch))):
         seconds = time_steps(trainer, iterator, args)
         per_s = spread([args.steps * batch_size / s for s in seconds])

@@ -50,7 +50,7 @@ WORKLOADS = {
     "resnet18_32": dict(side=32, depth=18, classes=10, batch=128, temperature=0.5),
     "resnet50_224": dict(side=224, depth=50, classes=1000, batch=256, temperature=0.1),
 }
-CIFAR_STEM_MAX_SIZE = 32  # as config.CIFAR_STEM_MAX_SIZE
+CIFAR_STEM_MAX_SIZE = 32  # as model.SMALL_IMAGE_SIDE
 SMOKE = dict(workload="resnet18_32", batch=[8], steps=1, repeats=2, warmup=1, image_size=16)
 USAGE_STATUS = 2
 

@@ -12,16 +12,16 @@ stem, 10 classes, 50,000 training examples), and `resnet50_224`, ImageNet-size
 ones (224 px, 1,000 classes, 1,281,167 examples). The run reads
 `--dataset=synthetic`, a source of the workload's image shape and split sizes
 that holds no images: flags left unset take the preset `run.py` gives images
-of that size (`datasets.image_size_preset`: at 32 px the CIFAR recipe,
+of that size (`config.image_size_preset`: at 32 px the CIFAR recipe,
 ResNet-18 with LARS and the online probe; at 224 px the original's ImageNet
 defaults). `--batch` sets `--train_batch_size` (pairs per step); every flag
 that is not the bench's own (below) is a `run.py` flag, appended after the
-workload's and resolved by `run.resolve_flags()`, so it wins.
+workload's and resolved by `config.resolve`, so it wins.
 
 Each (backend, batch) is measured in a fresh process (KERAS_BACKEND is read
 at start-up; ru_maxrss is the process's own). A process resolves the flags
-and builds the trainer as `run.main` does (`run.resolve_flags`,
-`run.build_trainer`), makes one batch of uniform random views and labels of
+and builds the trainer as `run.main` does (`config.resolve`,
+`trainers.build_trainer`), makes one batch of uniform random views and labels of
 the shapes and dtypes the input pipeline yields (`train_lib.num_input_views`
 views of `train_lib.view_channels` channels each), and feeds it over and over
 to the trainer's own `run_steps`: through a `tf.data` dataset distributed by
@@ -44,6 +44,10 @@ prints one JSON line:
 A measurement whose process fails or runs past `--timeout` seconds prints
 {..., "error": why}. A mistake in the flags (run.py's included) is one line
 and exit status 2.
+
+Under JAX no TensorFlow is imported: the bench runs where TensorFlow is not
+installed (a GPU machine with JAX, Keras, NumPy and absl-py), with
+`KERAS_BACKEND=jax python bench/train_step.py --backend=jax`.
 """
 import argparse
 import json
@@ -55,6 +59,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from errors import DatasetError  # noqa: E402
+from errors import UsageError  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax")
 # side: image height and width; classes and examples: those of CIFAR-10 and
@@ -80,27 +87,32 @@ def fail(message):
     sys.exit(USAGE_STATUS)
 
 
-def register_synthetic(workload):
-    """Registers `--dataset=synthetic`: a source of the workload's image
-    shape, classes and split sizes ("train", "validation") without images."""
-    import datasets
+class SyntheticSource:
+    """The dataset of `--dataset=synthetic`: a workload's image shape,
+    classes and split sizes ("train", "validation"), without images. It has
+    what `config.resolve` and `trainers.build_trainer` read of a
+    `datasets.Source` and no preset of its own, so the run is sized by its
+    images (`config.image_size_preset`)."""
 
-    spec = WORKLOADS[workload]
+    name = "synthetic"
+    label_names = ("label",)
+    splits = ("train", "validation")
 
-    class SyntheticSource(datasets.Source):
-        name = "synthetic"
-        label_classes = (spec["classes"],)
-        image_shape = (spec["side"], spec["side"], 3)
-        splits = ("train", "validation")
+    def __init__(self, workload):
+        spec = WORKLOADS[workload]
+        self.label_classes = (spec["classes"],)
+        self.image_shape = (spec["side"], spec["side"], 3)
+        self._examples = {"train": spec["examples"], "validation": spec["examples"] // 5}
 
-        def __init__(self, data_dir=None):
-            del data_dir
+    def num_examples(self, split):
+        if split not in self.splits:
+            raise DatasetError(f"split {split!r} does not exist in dataset 'synthetic'; "
+                               f"--train_split/--eval_split must be one of: "
+                               f"{', '.join(self.splits)}")
+        return self._examples[split]
 
-        def num_examples(self, split):
-            self.check_split(split)
-            return spec["examples"] if split == "train" else spec["examples"] // 5
-
-    datasets.register("synthetic")(SyntheticSource)
+    def preset(self):
+        return None
 
 
 def synthetic_batch(cfg, source):
@@ -138,27 +150,45 @@ def synthetic_iterator(trainer, images, labels):
     return iter(data.build_distributed_dataset(input_fn, trainer.strategy))
 
 
-def measure(spec, run_flags):
-    """The JSON record of one measurement, in this process."""
-    import run  # first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow loads
-    import keras
-    import numpy as np
+def resolve(workload, run_flags):
+    """(Config, SyntheticSource) of the run.py flags `run_flags`, resolved
+    as `python run.py` resolves them (`config.resolve`) for the workload's
+    synthetic dataset; a mistake in them is one line and exit status 2."""
     from absl import flags
 
-    import datasets
-    import loss as loss_bench  # bench/loss.py, beside this file
-    import train_lib
-    from config import UsageError
+    import config
+    import run_flags as run_flags_lib
 
-    register_synthetic(spec["workload"])
+    source = SyntheticSource(workload)
     try:
-        run.FLAGS(["run.py"] + run_flags)
-        cfg, source = run.resolve_flags()
-        trainer = run.build_trainer(cfg, source)
+        run_flags_lib.FLAGS(["run.py"] + run_flags)
+        if run_flags_lib.FLAGS.dataset != source.name:
+            raise UsageError("--dataset is --dataset=synthetic here (the bench makes its data)")
+        cfg = config.resolve(*run_flags_lib.parsed(), source)
     except flags.UnrecognizedFlagError as e:
         fail(f"{e}; run.py lists its flags with python run.py --help, the bench's "
              "own by bench/train_step.py --help")
-    except (flags.Error, UsageError, datasets.DatasetError) as e:
+    except (flags.Error, UsageError, DatasetError) as e:
+        fail(" ".join(str(e).split()))
+    return cfg, source
+
+
+def measure(spec, run_flags):
+    """The JSON record of one measurement, in this process."""
+    # As run.py: TensorFlow's oneDNN kernels on every x86 CPU (the default
+    # job's step took 3.7x longer without them on AVX2-only CPUs).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    import keras
+    import numpy as np
+
+    import loss as loss_bench  # bench/loss.py, beside this file
+    import train_lib
+    import trainers
+
+    cfg, source = resolve(spec["workload"], run_flags)
+    try:
+        trainer = trainers.build_trainer(cfg, source)
+    except UsageError as e:
         fail(" ".join(str(e).split()))
     images, labels = synthetic_batch(cfg, source)
     iterator = synthetic_iterator(trainer, images, labels)
@@ -198,8 +228,6 @@ def run_child(spec, run_flags, backend, timeout):
     ends this process with its line and status 2."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     base = dict(workload=spec["workload"], flags=run_flags, backend=backend)
-    # The run.py flags follow --child on the command line, where run.py looks
-    # for --deterministic when it is imported.
     command = [sys.executable, __file__, f"--child={json.dumps(spec)}"] + run_flags
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -16,15 +16,15 @@
 A new source registers its name with `@register("name")` in its own module,
 imported below; nothing else changes (`@register("name", options=(...))`
 when it takes dataset flags). Every source yields (image uint8
-[H, W, C], label int64) examples and carries the preset of flags that sizes a
-run for its images (`Source.preset`). Bad names, directories or splits raise
-`DatasetError`, whose one-line message names the flag to fix.
+[H, W, C], label int64) examples and may carry a preset of flags of its
+own (`Source.preset`; by default a run is sized by its images). Bad names,
+directories or splits raise `DatasetError`, whose one-line message names
+the flag to fix.
 """
 
 from .base import DatasetError
 from .base import InMemorySource
 from .base import Source
-from .base import image_size_preset
 from .registry import OPTIONS
 from .registry import SOURCES
 from .registry import register
@@ -75,5 +75,5 @@ def get_dataset(name, data_dir=None, **options):
 
 __all__ = ["DatasetError", "DigitsOnPhotosSource", "DigitsSource",
            "ImageFolderSource", "InMemorySource", "MultiDigitsSource", "OPTIONS",
-           "SOURCES", "Source", "TFDSSource", "get_dataset", "image_size_preset",
+           "SOURCES", "Source", "TFDSSource", "get_dataset",
            "register"]

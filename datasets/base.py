@@ -1,71 +1,18 @@
-"""The interface every dataset source implements, its error type, and the
-presets that size a run for a source's images.
+"""The interface every dataset source implements, and its error type.
 
 A source yields labelled uint8 images split by name. `data.py` builds the
 augmented input pipelines on top of `Source.as_dataset`; the raw-pixel
 baselines read whole splits through `Source.as_numpy`; `config.py` gives the
-flags a user leaves unset the values of `Source.preset()`.
+flags a user leaves unset the values of `Source.preset()` (by default those
+of the images' size).
 """
 
 import numpy as np
 import tensorflow as tf
 
+from errors import DatasetError  # noqa: F401  (raised by every source)
+
 _SPLIT_FLAGS = "--train_split/--eval_split"
-
-# Largest image side (pixels) that gets the small-image preset (the CIFAR
-# stem) and the medium one; larger or varying sizes keep the original's
-# ImageNet settings.
-SMALL_IMAGE_SIDE = 32
-MEDIUM_IMAGE_SIDE = 160
-
-
-def image_size_preset(image_shape, splits, train_split="train"):
-    """Flag values that size a run for images of `image_shape` (H, W, C).
-
-    - side <= 32 (CIFAR, MNIST, 32 px folders): the native size with the
-      CIFAR stem, ResNet-18 at batch 128, trained and then evaluated, with
-      the original's CIFAR-10 recipe otherwise (LARS 1.0 linear, weight
-      decay 1e-4, tau 0.5, colour strength 0.5, no blur);
-    - 32 < side <= 160 (STL-10): the native size with the ImageNet stem,
-      ResNet-18 at batch 128, trained and then evaluated;
-    - larger, or varying sizes: nothing, so the original's ImageNet
-      defaults apply (ResNet-50, 224 px, batch 512).
-
-    When `train_then_eval` is preset, the evaluation split is `test`, else
-    `validation`, else the first other split, when the source has one.
-    """
-    height, width = image_shape[:2]
-    if height is None or width is None or max(height, width) > MEDIUM_IMAGE_SIDE:
-        return {}
-    side = max(height, width)
-    preset = dict(mode="train_then_eval", image_size=side, resnet_depth=18,
-                  train_batch_size=128, eval_batch_size=256)
-    if side <= SMALL_IMAGE_SIDE:
-        preset.update(optimizer="lars", learning_rate=1.0,
-                      learning_rate_scaling="linear", weight_decay=1e-4,
-                      temperature=0.5, color_jitter_strength=0.5,
-                      use_blur=False)
-    others = [split for split in splits if split != train_split]
-    for name in ("test", "validation"):
-        if name in others:
-            preset["eval_split"] = name
-            break
-    else:
-        if others:
-            preset["eval_split"] = others[0]
-    return preset
-
-
-class DatasetError(ValueError):
-    """A dataset flag names something that cannot be read.
-
-    The message is a single line that names the offending flag(s)
-    (`--dataset`, `--data_dir`, `--train_split`, `--eval_split`) and says what
-    is allowed, so that `run.py` can print it as is.
-    """
-
-    def __init__(self, message):
-        super().__init__(" ".join(str(message).split()))
 
 
 class Source:
@@ -108,9 +55,10 @@ class Source:
         raise NotImplementedError
 
     def preset(self):
-        """Flag values for the flags a user leaves unset (`config.py`);
-        by default sized by the images (`image_size_preset`)."""
-        return image_size_preset(self.image_shape, self.splits)
+        """Flag values for the flags a user leaves unset, or None (the
+        default): the run is then sized by its images
+        (`config.image_size_preset`)."""
+        return None
 
     def as_dataset(self, split, input_context=None, shuffle_files=False,
                    seed=None):

@@ -1,6 +1,8 @@
 r"""Batch size against the loss (Koromilas et al., ICML 2024).
 
-Claim tested (`../shared/reference/losses_and_metrics.md` §2.4, §2.6):
+Claim tested (Koromilas et al., ICML 2024, "Bridging Mini-Batch and
+Asymptotic Analysis in Contrastive Learning: From InfoNCE to Kernel-Based
+Losses": their abstract's claims):
 DHEL and KCL are more robust than NT-Xent and DCL across batch sizes, and
 collapse fewer dimensions of the representation (a higher effective rank).
 

@@ -1,6 +1,7 @@
 r"""Hardness of negatives against the temperature (Wang & Liu, CVPR 2021).
 
-Claims tested (`../shared/reference/losses_and_metrics.md` §3):
+Claims tested (Wang & Liu, "Understanding the Behaviour of Contrastive
+Loss", CVPR 2021, §3-4):
 - the temperature τ sets how hard negatives are weighted: the entropy of
   the softmax over the negatives, r_i(s_ij) = e^{s_ij/τ} / Σ_k e^{s_ik/τ},
   falls as τ falls;

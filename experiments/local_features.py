@@ -204,8 +204,8 @@ def trained_encoder(run_dir):
 def test_data(run_dir, num_images):
     """(images uint8, mask names, masks) of the first `num_images` test
     images of the run's dataset, opened from its flags.json."""
-    config = sweep.import_quietly("config")
-    source = config.open_dataset(config.read_record(run_dir))
+    run_record = sweep.import_quietly("run_record")
+    source = run_record.open_dataset(run_record.read_record(run_dir))
     images, _ = source.as_numpy("test")
     names, masks = masks_of(source, "test")
     return images[:num_images], names, masks[:num_images]

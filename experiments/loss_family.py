@@ -1,6 +1,6 @@
 r"""Instantiations of the generalized contrastive loss against the depth of
 the projection head, and the temperature τ against the weight λ (Chen & Li
-2021, §2; `../shared/reference/losses_and_metrics.md` §1, §4).
+2021, §2; the uniformity of Wang & Isola, ICML 2020).
 
 Claims tested:
 - NT-Xent, the decoupled LogSumExp loss and SWD with each prior perform

@@ -28,8 +28,12 @@ CORE_TESTS = ["tests/test_objective.py", "tests/test_chunked_loss.py", "tests/te
               "tests/test_trainer_jax.py", "tests/test_precision.py"]
 # XLA's backend optimisations are off in the JAX session: these tests are
 # dominated by compiling many small programs (2.3x faster at level 0), and
-# what they check is the project's code, not XLA's optimiser.
-XLA_FLAGS = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+# what they check is the project's code, not XLA's optimiser. Its
+# deterministic kernels are on from the start, as `--deterministic` needs
+# them before JAX starts (`trainer_jax.deterministic_kernels`) and the
+# session trains --deterministic runs in its own process.
+XLA_FLAGS = ("--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
+             "--xla_gpu_deterministic_ops=true")
 DIRECTORY = pathlib.Path(os.environ.setdefault(
     "SIMCLR_JAX_SESSION_DIR",
     os.path.join(tempfile.gettempdir(), f"jax_session_{os.getpid()}_{time.time_ns()}")))

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
+import config
 import data
 import datasets
 from datasets import digits as digits_module
@@ -487,30 +488,76 @@ def test_unknown_dataset_names_the_dataset_flag(tmp_path, no_network, name):
 
 # ---------------------------------------------------------- input pipeline ---
 
+def binomial_ok(count, n, p, z=4.0):
+    """`count` successes of `n` draws are within z standard deviations of n p."""
+    return abs(count - n * p) <= z * np.sqrt(n * p * (1 - p))
+
+
 def _one_batch(input_fn, input_context=None):
     images, labels = next(iter(input_fn(input_context)))
     return images.numpy(), labels.numpy()
 
 
-def test_pretrain_batches_hold_two_different_views(digits_source):
+def _indexed_source(count, side=8, seed=0):
+    """Random uint8 RGB images labelled by their index, so that each row of a
+    batch names its image."""
+    images = np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+    return datasets.InMemorySource("indexed", count, {"train": (images, np.arange(count))}), images
+
+
+def _flips(views, images, labels, size):
+    """Per view of `views` [b, size, size, 3k]: True where it is the mirror
+    image of the bicubic resize of its image, False where it is the resize
+    itself; fails when it is neither."""
+    resized = np.clip(tf.image.resize(images[labels] / 255.0, [size, size],
+                                      method="bicubic").numpy(), 0.0, 1.0)
+    flips = []
+    for view in np.split(views, views.shape[-1] // 3, axis=-1):
+        plain = np.abs(view - resized).max(axis=(1, 2, 3))
+        mirrored = np.abs(view - resized[:, :, ::-1]).max(axis=(1, 2, 3))
+        np.testing.assert_array_less(np.minimum(plain, mirrored), 1e-5)
+        flips.append(mirrored < plain)
+    return np.stack(flips, axis=1)
+
+
+def test_pretrain_batches_hold_two_independently_flipped_views():
+    # Crops of the whole area and no colour or blur leave a view the resized
+    # image, mirrored with probability 1/2 independently per view.
+    source, images = _indexed_source(64)
+    input_fn = data.build_input_fn(source, 64, True, split="train", image_size=12,
+                                   area_range=(1.0, 1.0), color_jitter_strength=0.0,
+                                   use_blur=False)
+    batch, labels = _one_batch(input_fn)
+    assert batch.shape == (64, 12, 12, 6) and batch.dtype == np.float32
+    assert labels.dtype == np.int32 and len(set(labels)) == 64
+    flips = _flips(batch, images, labels, 12)
+    assert binomial_ok(flips.sum(), 128, 0.5)
+    assert binomial_ok((flips[:, 0] != flips[:, 1]).sum(), 64, 0.5)
+
+
+def test_pretrain_batches_of_the_default_augmentation_hold_two_different_views(digits_source):
     input_fn = data.build_input_fn(digits_source, 32, True, split="train",
                                    image_size=16)
     images, labels = _one_batch(input_fn)
     assert images.shape == (32, 16, 16, 6) and images.dtype == np.float32
     assert labels.shape == (32,) and labels.dtype == np.int32
-    assert images.min() >= 0.0 and images.max() <= 1.0
-    assert np.all((labels >= 0) & (labels < 10))
     view_differs = np.any(images[..., :3] != images[..., 3:], axis=(1, 2, 3))
     assert view_differs.mean() >= 0.9
 
 
-def test_pretrain_with_more_views_stacks_them_on_channels(digits_source):
-    input_fn = data.build_input_fn(digits_source, 8, True, split="train",
-                                   image_size=8, num_views=3, use_blur=False,
+def test_pretrain_with_more_views_stacks_them_on_channels():
+    # Each three channels are a view of the row's image, flipped on its own.
+    source, images = _indexed_source(32)
+    input_fn = data.build_input_fn(source, 32, True, split="train", image_size=8,
+                                   num_views=3, area_range=(1.0, 1.0),
+                                   color_jitter_strength=0.0, use_blur=False,
                                    cache_dataset=True)
-    images, _ = _one_batch(input_fn)
-    assert images.shape == (8, 8, 8, 9)
-    assert images.min() >= 0.0 and images.max() <= 1.0
+    batch, labels = _one_batch(input_fn)
+    assert batch.shape == (32, 8, 8, 9)
+    flips = _flips(batch, images, labels, 8)
+    assert binomial_ok(flips.sum(), 96, 0.5)
+    # All three views flipped alike with probability 1/4.
+    assert binomial_ok((flips.min(axis=1) == flips.max(axis=1)).sum(), 32, 0.25)
 
 
 def test_clean_view_is_the_eval_view_of_the_same_example_after_the_augmented_ones():
@@ -567,14 +614,25 @@ def test_finetune_is_one_view_with_crop_and_flip_only():
         np.testing.assert_allclose(images, expected, atol=1e-3)
 
 
-def test_pretrain_distorts_colour():
+def test_pretrain_distorts_colour_with_the_published_probabilities():
+    # Per view, jitter with p = 0.8 and, independently, grey with p = 0.2
+    # (`data_util.batch_random_color_jitter`). A flat colour stays flat;
+    # grey makes R = G = B, which jitter alone does not; and the colour is
+    # left as it is (within 0.02) only with neither, p = 0.2 x 0.8 = 0.16
+    # (a jitter whose factors all fall within ~2% of 1 has p < 1e-4).
     source, colours = _flat_colour_source()
-    input_fn = data.build_input_fn(source, 32, True, split="train",
+    input_fn = data.build_input_fn(source, 128, True, split="train",
                                    image_size=8, use_blur=False)
-    images, labels = _one_batch(input_fn)
-    expected = colours[labels][:, None, None, :]
-    changed = np.abs(images[..., :3] - expected).max(axis=(1, 2, 3)) > 0.02
-    assert changed.mean() > 0.3
+    changed = grey = 0
+    for images, labels in input_fn(None).take(8):
+        images, labels = images.numpy(), labels.numpy()
+        expected = colours[labels][:, None, None, :]
+        for view in (images[..., :3], images[..., 3:]):
+            assert np.ptp(view, axis=(1, 2)).max() < 1e-5, "a flat image stays flat"
+            changed += (np.abs(view - expected).max(axis=(1, 2, 3)) > 0.02).sum()
+            grey += (np.ptp(view[:, 0, 0], axis=-1) < 1e-5).sum()
+    assert binomial_ok(changed, 2048, 0.84), changed
+    assert binomial_ok(grey, 2048, 0.2), grey
 
 
 def test_eval_keeps_order_and_the_last_partial_batch(digits_source):
@@ -659,23 +717,46 @@ def test_deterministic_pipeline_repeats_and_resumes_where_it_left_off(digits_sou
     assert not np.allclose(other_x, first[0][0])
 
 
-@pytest.mark.parametrize("shape,splits,expected", [
-    ((32, 32, 3), ("train", "test"), dict(image_size=32, resnet_depth=18, train_batch_size=128,
-                                         mode="train_then_eval", eval_split="test",
-                                         optimizer="lars", use_blur=False)),
-    ((28, 28, 1), ("train", "test"), dict(image_size=28, resnet_depth=18, eval_split="test")),
-    ((96, 96, 3), ("train", "validation", "unlabelled"),
-     dict(image_size=96, resnet_depth=18, train_batch_size=128, eval_split="validation")),
-    ((224, 224, 3), ("train", "validation"), {}),
-    ((None, None, 3), ("train",), {}),
+# The CIFAR-10 recipe of the original SimCLR (Chen et al. 2020, Appendix B.9):
+# LARS at learning rate 1.0 with linear scaling (1.0 x batch / 256), weight
+# decay 1e-4, temperature 0.5, colour distortion of strength 0.5, no blur.
+SIMCLR_CIFAR10_RECIPE = dict(optimizer="lars", learning_rate=1.0,
+                             learning_rate_scaling="linear", weight_decay=1e-4,
+                             temperature=0.5, color_jitter_strength=0.5, use_blur=False)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (32, 20, 3), (8, 8, 1)])
+def test_images_of_side_at_most_32_get_the_published_cifar_recipe(shape):
+    preset = config.image_size_preset(shape, ("train", "test"))
+    assert {k: preset.get(k) for k in SIMCLR_CIFAR10_RECIPE} == SIMCLR_CIFAR10_RECIPE
+    assert (preset["image_size"], preset["resnet_depth"]) == (max(shape[:2]), 18), preset
+    assert preset["mode"] == "train_then_eval", preset
+
+
+@pytest.mark.parametrize("shape", [(33, 33, 3), (20, 33, 3), (96, 96, 3), (160, 160, 3),
+                                   (160, 100, 1)])
+def test_images_of_side_33_to_160_get_resnet18_at_their_size_without_the_cifar_recipe(shape):
+    preset = config.image_size_preset(shape, ("train", "test"))
+    assert (preset["image_size"], preset["resnet_depth"]) == (max(shape[:2]), 18), preset
+    assert preset["mode"] == "train_then_eval", preset
+    assert not set(SIMCLR_CIFAR10_RECIPE) & set(preset), preset
+
+
+@pytest.mark.parametrize("shape", [(161, 161, 3), (100, 161, 3), (224, 224, 3),
+                                   (None, None, 3), (None, 32, 3)])
+def test_images_over_160_or_of_varying_size_get_no_preset(shape):
+    assert config.image_size_preset(shape, ("train", "validation", "test")) == {}
+
+
+@pytest.mark.parametrize("splits,train_split,eval_split", [
+    (("train", "validation", "test"), "train", "test"),
+    (("validation", "train", "unlabelled"), "train", "validation"),
+    (("train", "unlabelled", "extra"), "train", "unlabelled"),
+    (("train", "test"), "test", "train"),
+    (("train",), "train", None),
 ])
-def test_image_size_preset(shape, splits, expected):
-    """Small images get a CIFAR-stem ResNet-18 at their own size and a laptop
-    batch, medium ones a ResNet-18 at their size; ImageNet-size or varying
-    images keep the original's defaults (an empty preset)."""
-    preset = datasets.image_size_preset(shape, splits)
-    assert {k: preset.get(k) for k in expected} == expected
-    if not expected:
-        assert preset == {}
-    elif shape[0] > 32:
-        assert "optimizer" not in preset and "temperature" not in preset
+def test_preset_evaluates_on_test_else_validation_else_the_first_other_split(
+        splits, train_split, eval_split):
+    for shape in ((32, 32, 3), (96, 96, 3)):
+        preset = config.image_size_preset(shape, splits, train_split=train_split)
+        assert preset.get("eval_split") == eval_split, (shape, preset)

@@ -8,6 +8,7 @@ the SIGINT/SIGTERM test), tiny configuration; their stdout is a pipe, so
 the progress must come as plain lines. (The SIGKILL test under JAX is in
 tests/test_trainer_jax.py.)
 """
+import json
 import os
 import signal
 import subprocess
@@ -164,3 +165,48 @@ def test_sigint_and_sigterm_save_the_step_reached_and_say_how_to_resume(tmp_path
         stopped.append(step)
     logged = sorted(s for s, _ in scalars(model_dir)["train/total_loss"])
     assert logged == list(range(2, stopped[-1] + 1, 2))
+
+    # The run stopped before its last step and trains no more: --mode=eval
+    # evaluates its newest checkpoint and exits, instead of waiting for the
+    # next as the original's evaluator would; with --eval_wait_secs it
+    # waits that long for a newer one first.
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for extra in ([], ["--eval_wait_secs=3"]):
+        (model_dir / "result.json").unlink(missing_ok=True)
+        start = time.time()
+        done = subprocess.run(
+            [sys.executable, "run.py", "--mode=eval", f"--model_dir={model_dir}"] + extra,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((model_dir / "result.json").read_text())["global_step"] == stopped[-1]
+        waited = "no checkpoint newer than" in done.stdout
+        assert waited == bool(extra), done.stdout[-2000:]
+    assert time.time() - start >= 3
+
+
+@pytest.mark.processes
+def test_deterministic_from_a_flagfile_turns_on_xlas_deterministic_kernels(tmp_path):
+    """--deterministic read by absl, in any spelling (here `=1` in a
+    --flagfile), reaches XLA under JAX: the JAX trainer adds XLA's
+    deterministic-kernel flag to XLA_FLAGS before JAX creates its
+    backends (which it refuses to do after)."""
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text(f"--deterministic=1\n--model_dir={tmp_path / 'model'}\n")
+    code = (
+        "import os\n"
+        "from jax._src import xla_bridge\n"
+        "import run, trainers\n"
+        f"run.parse_flags(['run.py', '--flagfile={flagfile}'])\n"
+        "cfg, _ = run.resolve_flags()\n"
+        "before = xla_bridge.backends_are_initialized()\n"
+        "trainers.make_trainer(cfg)\n"
+        "print(cfg.deterministic, before, xla_bridge.backends_are_initialized())\n"
+        "print(os.environ.get('XLA_FLAGS', ''))\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=ROOT, KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    states, xla_flags = done.stdout.strip().splitlines()[-2:]
+    assert states == "True False True"
+    assert xla_flags.split() == ["--xla_gpu_deterministic_ops=true"]

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import checkpoint
 import chunked_loss
+import config
 import configs
 import objective
 import train_lib
@@ -405,14 +406,14 @@ def test_malformed_tf_config_is_one_line_and_exit_status_2(case, tmp_path, monke
 
 
 def test_well_formed_tf_configs_give_their_cluster():
-    assert trainer_tf.tf_config_cluster(None) == trainer_tf.tf_config_cluster("{}") == {}
+    assert config.tf_config_cluster(None) == config.tf_config_cluster("{}") == {}
     two = {"worker": ["localhost:1", "localhost:2"]}
     for index in (0, 1):
         value = json.dumps({"cluster": two, "task": {"type": "worker", "index": index}})
-        assert trainer_tf.tf_config_cluster(value) == two
+        assert config.tf_config_cluster(value) == two
     chief = {"chief": ["h:1"], "worker": ["h:2"]}
     value = json.dumps({"cluster": chief, "task": {"type": "chief", "index": 0}})
-    assert trainer_tf.tf_config_cluster(value) == chief
+    assert config.tf_config_cluster(value) == chief
 
 
 # A TPU that cannot be reached: one line naming it and the cause. The

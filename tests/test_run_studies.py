@@ -14,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 import checkpoint as checkpoint_lib
+import configs
 import data
 import datasets
+import evaluation
 import export
 from test_run import assert_training_metrics_finite
 from test_run import rebuild
@@ -119,7 +121,17 @@ def test_unlabelled_folder_trains_a_representation_and_says_so(tmp_path, capsys)
     assert result["global_step"] == 2
     assert not [key for key in result if "top1" in key or "accuracy" in key], result
     assert result["representation/h/tolerance"] is None
-    assert np.isfinite(result["representation/h/uniformity"])
     loaded = tf.saved_model.load(str(model_dir / "saved_model" / "2"))
     outputs = loaded(np.zeros((2, 8, 8, 3), np.float32), trainable=False)
     assert sorted(outputs) == sorted(set(export.OUTPUT_NAMES) - {"logits_sup"})
+    # The uniformity of h (Wang & Isola, t = 2) of the held-out batch's
+    # evaluation views, recomputed in numpy from the exported encoder.
+    cfg, source = configs.resolve(model_dir=str(model_dir), mode="eval")
+    views, _ = evaluation.heldout_batch(cfg, source)
+    h = loaded(views[..., 6:9], trainable=False)["final_avg_pool"].numpy().astype(np.float64)
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    upper = np.triu_indices(len(h), k=1)
+    squared = np.sum((h[:, None] - h[None]) ** 2, axis=-1)[upper]
+    expected = np.log(np.mean(np.exp(-2.0 * squared)))
+    assert len(h) == 40
+    assert result["representation/h/uniformity"] == pytest.approx(expected, abs=1e-4)

@@ -36,6 +36,7 @@ import data  # noqa: E402
 import run  # noqa: E402
 import train_lib  # noqa: E402
 import trainer_jax  # noqa: E402
+from errors import UsageError  # noqa: E402
 from test_run import (ROOT, TINY, command_line, digits_rgb, read_json, saved_groups,  # noqa: E402
                       scalars, train)
 
@@ -92,6 +93,49 @@ def test_two_devices_give_the_loss_gradients_and_statistics_of_one(loss, prior):
     assert total > 0 and error <= 1e-5 * total, error / total
     for a, b in zip(stats_2, stats_1):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_takes_an_eval_batch_the_devices_do_not_divide():
+    """Only the training batch is sharded: an --eval_batch_size of 7 on two
+    devices is accepted, and the supervised head's top-1 counts over
+    batches of 7 and of 3 rows are those of the logits computed here."""
+    devices = jax.devices()[:2]
+    cfg = tiny_config(eval_batch_size=7)
+    keras.utils.set_random_seed(0)
+    trainer = trainer_jax.Trainer(cfg, devices=devices).build(10, 64)
+    assert trainer.num_replicas == 2
+    rng = np.random.RandomState(1)
+    batches = [(rng.uniform(size=(rows, 8, 8, 3)).astype(np.float32),
+                rng.randint(0, 10, size=rows).astype(np.int32)) for rows in (7, 3)]
+
+    class Pipeline:
+        def as_numpy_iterator(self):
+            return iter(batches)
+
+    top1, top5, count = trainer.top_k_counts(lambda: Pipeline(), 5)
+    assert count == 10
+    trainable, non_trainable, _ = trainer.state
+    logits = np.concatenate([np.asarray(trainer._logits(trainable, non_trainable, x))
+                             for x, _ in batches])
+    labels = np.concatenate([y for _, y in batches])
+    ranks = (logits > logits[np.arange(10), labels][:, None]).sum(axis=1)
+    assert top1[0] == np.sum(ranks == 0) and top5[0] == np.sum(ranks < 5)
+    with pytest.raises(UsageError, match=r"--train_batch_size=9 is not divisible"):
+        trainer_jax.Trainer(tiny_config(train_batch_size=9), devices=devices)
+
+
+def test_deterministic_kernels_must_come_before_jax_starts(monkeypatch):
+    """This session's JAX started with XLA's deterministic kernels (its
+    XLA_FLAGS); without them, a --deterministic trainer cannot turn them
+    on any more and says so in one line."""
+    assert trainer_jax.DETERMINISTIC_XLA_FLAG in os.environ["XLA_FLAGS"].split()
+    trainer_jax.Trainer(tiny_config(deterministic=True), devices=jax.devices()[:1])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    with pytest.raises(UsageError) as raised:
+        trainer_jax.Trainer(tiny_config(deterministic=True), devices=jax.devices()[:1])
+    assert "XLA_FLAGS=--xla_gpu_deterministic_ops=true" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    trainer_jax.Trainer(tiny_config(), devices=jax.devices()[:1])  # not asked: fine
 
 
 def final_weights(model_dir):
