@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,15 +22,24 @@ TORCHVISION_RESNET18 = 11_689_512
 
 
 def bench(*args, script=SCRIPT):
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+    """The finished process, with `elapsed_ms`: its wall time in ms."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
+    done.elapsed_ms = (time.perf_counter() - start) * 1e3
+    return done
 
 
-def check_timing(record, batch):
-    """The record's timing fields agree with each other and the batch."""
+def check_timing(record, batch, elapsed_ms):
+    """The record's timing fields agree with each other, the batch and the
+    wall time of the bench's run (`elapsed_ms`)."""
     times = record["ms_per_step"]
     assert (times["repeats"], times["steps"], times["warmup"]) == (2, 1, 1), times
-    assert 0 < times["min"] <= times["median"] <= times["max"], times
+    # --smoke times 2 blocks of 1 step: their median is their mean, to the
+    # 0.001 ms each of the three numbers is rounded to.
+    assert times["median"] == pytest.approx((times["min"] + times["max"]) / 2, abs=1.5e-3)
+    # The two timed steps are milliseconds of this run, not a larger unit.
+    assert 0 < 2 * times["min"] and 2 * times["max"] < elapsed_ms, times
     assert record["cpu_ms_per_step"] > 0, record
     assert record["pairs_per_s"] == pytest.approx(batch / (times["median"] / 1e3), rel=1e-3)
     assert math.isfinite(record["total_loss"]) and record["total_loss"] > 0, record
@@ -86,7 +96,7 @@ def test_smoke_times_the_step_of_the_flags_given(backend):
     assert record["batch"] == 8 and record["views"] == 2, record
     assert record["trainable_params"] == (resnet18_params(0.25, cifar_stem=True)
                                           + head_params(128, 32, classes=10)), record
-    check_timing(record, batch=8)
+    check_timing(record, batch=8, elapsed_ms=done.elapsed_ms)
 
 
 def test_a_bad_flag_is_one_line_and_status_2():
@@ -135,7 +145,7 @@ def test_torch_peer_loss_and_smoke_line():
     # torchvision's encoder has no projection shortcut in group 1.
     assert record["trainable_params"] == (resnet18_params(1, cifar_stem=True) - 64 * 64 - 2 * 64
                                           + head_params(512, 128, classes=10)), record
-    check_timing(record, batch=8)
+    check_timing(record, batch=8, elapsed_ms=done.elapsed_ms)
 
 
 @pytest.mark.skipif(HAS_TORCH, reason="torch and torchvision are installed")

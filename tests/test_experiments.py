@@ -3,10 +3,12 @@ as a user runs them (fresh processes), resumability, and the tables they
 derive, against the runs' own result.json files and numpy."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -36,12 +38,118 @@ def result_of(out_dir, name):
         return json.load(f)
 
 
+# matplotlib's first line colour (C0, #1f77b4): every figure draws its first
+# line, or first errorbar, in it.
+FIRST_LINE_COLOUR = (0x1f / 255, 0x77 / 255, 0xb4 / 255)
+
+
+def png_pixels(path):
+    """The RGB pixels [H, W, 3] in [0, 1] of the PNG at `path`."""
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+    return matplotlib.image.imread(path)[..., :3]
+
+
+def count_colour(pixels, colour, tolerance=0.01):
+    return int(np.sum(np.all(np.abs(pixels - np.asarray(colour)) < tolerance, axis=-1)))
+
+
+def check_png(path, inches, colours=(FIRST_LINE_COLOUR,)):
+    """A PNG of the figure size the driver asks, `inches` (width, height)
+    at 100 dpi, with pixels of each of `colours`."""
+    pixels = png_pixels(path)
+    assert pixels.shape[:2] == (round(100 * inches[1]), round(100 * inches[0])), path
+    for colour in colours:
+        assert count_colour(pixels, colour) > 0, (path, colour)
+
+
+def distinct(rows, *columns):
+    return len({tuple(r[c] for c in columns) for r in rows})
+
+
+def check_summary(rows, summary):
+    """Each summary row is the count, mean and sample std (0 for one row)
+    of each key over the run rows that share its group columns, and the
+    groups cover the runs."""
+    for s in summary:
+        group = [c for c in s if c != "n" and not c.endswith(("_mean", "_std"))]
+        members = [r for r in rows if all(r[c] == s[c] for c in group)]
+        assert int(s["n"]) == len(members) > 0, s
+        for key in (c[:-len("_mean")] for c in s if c.endswith("_mean")):
+            values = np.array([float(m[key]) for m in members if m[key] != ""])
+            mean = values.mean() if len(values) else math.nan
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            assert float(s[f"{key}_mean"]) == pytest.approx(mean, rel=1e-12, nan_ok=True), key
+            assert float(s[f"{key}_std"]) == pytest.approx(std, rel=1e-12, abs=1e-15), key
+    assert sum(int(s["n"]) for s in summary) == len(rows)
+
+
+def check_markdown_table(text, summary):
+    """A Markdown table of the summary rows in order: a key's cell is its
+    mean ± std to 3 decimals, another column's cell its value."""
+    lines = text.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1]) <= set("|-") and len(lines) == 2 + len(summary), text
+    for line, s in zip(lines[2:], summary):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        for column, cell in zip(header, cells):
+            if f"{column}_mean" in s:
+                mean, std = float(s[f"{column}_mean"]), float(s[f"{column}_std"])
+                assert cell == f"{mean:.3f} ± {std:.3f}", (column, line)
+            else:
+                assert cell == (s[column] if s[column] != "" else "None"), (column, line)
+
+
+def check_tables(out_dir, name, markdown=None):
+    """OUT/<name>.csv and OUT/<name>_summary.csv agree (`check_summary`),
+    and, with `markdown` (a file and the index of its table), so does that
+    table of the Markdown. Returns the summary rows."""
+    rows = read_csv(os.path.join(out_dir, f"{name}.csv"))
+    summary = read_csv(os.path.join(out_dir, f"{name}_summary.csv"))
+    check_summary(rows, summary)
+    if markdown:
+        path, index = markdown
+        with open(os.path.join(out_dir, path)) as f:
+            check_markdown_table(f.read().split("\n\n")[index], summary)
+    return summary
+
+
+def check_outputs(name, out_dir):
+    """The tables and figures of driver `name`'s smoke sweep: the summary and
+    the Markdown recomputed from the runs' CSV, each PNG of its figure's
+    size (panels counted from the summary) with its first line drawn."""
+    if name == "feature_suppression":
+        check_tables(out_dir, "randbits", ("randbits.md", 0))
+        check_png(os.path.join(out_dir, "randbits.png"), (4.5, 3.4))
+    elif name == "temperature_sweep":
+        summary = check_tables(out_dir, "temperature_sweep", ("temperature_sweep.md", 0))
+        check_png(os.path.join(out_dir, "uniformity_tolerance.png"), (5, 4))
+        check_png(os.path.join(out_dir, "tau_lambda.png"),
+                  (4.5 * distinct(summary, "parameter"), 3.4))
+    elif name == "hardness":
+        check_tables(out_dir, "hardness", ("hardness.md", 0))
+        check_png(os.path.join(out_dir, "hardness.png"), (13.5, 3.6))
+    elif name == "batch_size":
+        check_tables(out_dir, "batch_size", ("batch_size.md", 0))
+        for figure in ("batch_size_accuracy.png", "batch_size_rank.png"):
+            check_png(os.path.join(out_dir, figure), (4.5, 3.4))
+    else:
+        assert name == "loss_family"
+        check_tables(out_dir, "loss_family", ("loss_family.md", 0))
+        summary = check_tables(out_dir, "tau_lambda", ("loss_family.md", 1))
+        check_png(os.path.join(out_dir, "loss_family.png"), (9, 3.6))
+        check_png(os.path.join(out_dir, "tau_lambda.png"),
+                  (4.5 * distinct(summary, "parameter"), 3.4))
+
+
 @pytest.mark.parametrize("name,expected_runs,outputs", [
     ("feature_suppression", {"randbits_ntxent_t0.2_bits2_seed0": "probe_top1",
                              "randbits_autoencoder_bits2_seed0": "probe_top1"},
      ["randbits.csv", "randbits_summary.csv", "randbits.png", "randbits.md"]),
     ("temperature_sweep", {"decoupled_lambda1.0_seed0": "representation/h/uniformity"},
-     ["temperature_sweep.csv", "uniformity_tolerance.png", "tau_lambda.png"]),
+     ["temperature_sweep.csv", "temperature_sweep_summary.csv", "temperature_sweep.md",
+      "uniformity_tolerance.png", "tau_lambda.png"]),
     ("hardness", {"hard_tau0.5_seed0": "representation/z/negative_entropy"},
      ["hardness.csv", "hardness_summary.csv", "hardness.png", "hardness.md"]),
     ("batch_size", {"dhel_batch16_seed0": "representation/h/effective_rank"},
@@ -50,15 +158,15 @@ def result_of(out_dir, name):
     ("loss_family", {"swd_uniform_hypercube_head1_lambda1_seed0":
                      "representation/h/effective_rank"},
      ["loss_family.csv", "loss_family_summary.csv", "loss_family.png", "tau_lambda.csv",
-      "tau_lambda.png", "loss_family.md"]),
+      "tau_lambda_summary.csv", "tau_lambda.png", "loss_family.md"]),
 ])
 def test_smoke_sweep_writes_tables_from_its_runs_and_resumes(tmp_path, name, expected_runs,
                                                              outputs):
     out_dir = str(tmp_path / "out")
     done = driver(name, "--smoke", f"--out_dir={out_dir}")
     assert done.returncode == 0, done.stdout + done.stderr
-    for output in outputs:
-        assert os.path.getsize(os.path.join(out_dir, output)) > 0, output
+    assert sorted(f for f in os.listdir(out_dir) if f != "runs") == sorted(outputs)
+    check_outputs(name, out_dir)
     rows = read_csv(os.path.join(out_dir, outputs[0]))
     assert len(rows) == len(expected_runs)
     # Each row holds what its run's result.json says.

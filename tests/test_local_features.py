@@ -17,6 +17,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import local_features as lf  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from test_experiments import check_png  # noqa: E402
+from test_experiments import check_tables  # noqa: E402
+from test_experiments import distinct  # noqa: E402
 
 
 def iou_by_counting(ids, mask):
@@ -118,9 +122,18 @@ def test_smoke_scores_a_trained_and_a_random_encoder_and_resumes(tmp_path):
     out = str(tmp_path / "out")
     done = driver("--smoke", f"--out_dir={out}")
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in ("local_features.csv", "local_features_summary.csv", "local_features.md",
-                 "local_features.png", "cluster_maps_multi_digits.png"):
-        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert {"local_features.csv", "local_features_summary.csv", "local_features.md",
+            "local_features.png", "cluster_maps_multi_digits.png"} <= set(os.listdir(out))
+    # The summary and the Markdown recomputed from the CSV; the IoU figure a
+    # 4 x 3.4 in panel per (dataset, mask) with the first encoder's line; the
+    # cluster maps 1.3 in a column (image, masks, 2 encoders x 4 block
+    # groups, pixels) and 1.4 in a row of the 2 shown images plus 0.3, with
+    # the tab10 colours 1 and 2 of the two masks (and of clusters 1 and 2).
+    summary = check_tables(out, "local_features", ("local_features.md", 0))
+    check_png(os.path.join(out, "local_features.png"),
+              (4 * distinct(summary, "dataset", "mask"), 3.4))
+    check_png(os.path.join(out, "cluster_maps_multi_digits.png"), (1.3 * 11, 1.4 * 2 + 0.3),
+              colours=[colormaps["tab10"](1)[:3], colormaps["tab10"](2)[:3]])
     with open(os.path.join(out, "local_features.csv")) as f:
         rows = list(csv.DictReader(f))
     # 2 encoders x 4 block groups + the pixels, for each of the 2 masks.

@@ -194,12 +194,48 @@ def test_projection_head_none_is_identity():
     np.testing.assert_array_equal(np.asarray(selected), h)
 
 
-def test_projection_head_linear_shape():
-    head = model_lib.ProjectionHead("linear", proj_out_dim=4)
-    z, _ = head(head_input(), training=False)
-    assert tuple(z.shape) == (5, 4)
+def test_projection_head_linear_is_batch_norm_of_the_dense_map():
+    """z = BN(h W): no dense bias, batch norm with scale and no offset; in
+    inference with the moving statistics, in training with the batch's
+    (biased variance), which moves the moving ones by 1 - decay."""
+    h = head_input(rows=16)
+    head = model_lib.ProjectionHead("linear", proj_out_dim=4, ft_proj_selector=1,
+                                    batch_norm_decay=0.75)
+    head(h, training=False)
+    randomize(head.variables, seed=4)
     [dense] = sublayers(head, keras.layers.Dense)
-    assert tuple(dense.kernel.shape) == (12, 4)
+    [bn] = sublayers(head, keras.layers.BatchNormalization)
+    assert dense.bias is None and bn.beta is None and bn.gamma is not None
+    x = h.astype(np.float64) @ value(dense.kernel)
+    assert x.shape == (16, 4)
+
+    z, selected = head(h, training=False)
+    np.testing.assert_allclose(np.asarray(z), numpy_batch_norm(x, bn), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(selected), np.asarray(z))
+
+    gamma, mean, var = value(bn.gamma), value(bn.moving_mean), value(bn.moving_variance)
+    z, _ = head(h, training=True)
+    batch_mean, batch_var = x.mean(axis=0), x.var(axis=0)
+    standard = (x - batch_mean) / np.sqrt(batch_var + BN_EPSILON)
+    np.testing.assert_allclose(np.asarray(z), gamma * standard, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(value(bn.moving_mean), 0.75 * mean + 0.25 * batch_mean,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value(bn.moving_variance), 0.75 * var + 0.25 * batch_var,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_supervised_head_without_input_bn_is_affine():
+    """logits = x W + b in training and inference alike."""
+    x = head_input(rows=6, width=7, seed=2)
+    head = model_lib.SupervisedHead(3)
+    head(x, training=False)
+    randomize(head.variables, seed=5)
+    kernel, bias = value(head.linear.dense.kernel), value(head.linear.dense.bias)
+    assert kernel.shape == (7, 3) and bias.shape == (3,)
+    expected = x.astype(np.float64) @ kernel + bias
+    for training in (False, True):
+        np.testing.assert_allclose(np.asarray(head(x, training=training)), expected,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_projection_head_rejects_unknown_mode():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import sklearn.decomposition
 import tensorflow as tf
+from matplotlib import colormaps
 
 import metrics
 import plots
@@ -178,13 +179,43 @@ def model_dir_with(tmp_path, scalars=(), csv_text=None, eval_points=()):
     return str(model_dir)
 
 
-def png_size(path):
-    """(width, height) in pixels of a valid PNG at `path`."""
+def png_pixels(path):
+    """The RGB pixels [H, W, 3] in [0, 1] of the PNG at `path`."""
     with open(path, "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and np.ptp(image) > 0  # decodes, is not blank
-    return image.shape[1], image.shape[0]
+    assert image.ndim == 3 and image.shape[-1] in (3, 4)
+    return image[..., :3]
+
+
+def png_size(path):
+    """(width, height) in pixels of the PNG at `path`."""
+    pixels = png_pixels(path)
+    return pixels.shape[1], pixels.shape[0]
+
+
+def count_colour(pixels, colour, tolerance=0.01):
+    return int(np.sum(np.all(np.abs(pixels - np.asarray(colour[:3])) < tolerance, axis=-1)))
+
+
+def captured_figures(monkeypatch):
+    """{file name: Figure} of the figures plots.py saves from now on."""
+    figures = {}
+    save = plots._save
+
+    def capture(fig, path):
+        figures[os.path.basename(path)] = fig
+        return save(fig, path)
+    monkeypatch.setattr(plots, "_save", capture)
+    return figures
+
+
+def cosine_density(c, dim):
+    """Gamma(m/2) / (sqrt(pi) Gamma((m-1)/2)) (1 - c^2)^((m-3)/2), the law of
+    the cosine of two independent uniform points on S^(m-1)."""
+    log_norm = (math.lgamma(dim / 2) - 0.5 * math.log(math.pi)
+                - math.lgamma((dim - 1) / 2))
+    return np.exp(log_norm + (dim - 3) / 2 * np.log1p(-np.square(c)))
 
 
 TRAIN = [("train/total_loss", 10, 2.0), ("train/total_loss", 20, 1.5),
@@ -226,3 +257,87 @@ def test_write_plots_writes_three_pngs_of_the_expected_size(tmp_path):
                                             (800, 300)]
     _, _, cosines = plots.write_plots(model_dir, h, None, labels)
     assert png_size(cosines) == (400, 300)
+
+
+def test_training_curves_draw_the_summaries_and_metrics_given(tmp_path, monkeypatch):
+    """Each panel's lines are the series written here: train/*loss* and
+    train/*acc* by tag, the eval accuracy as points, the learning rate, and
+    the h/ and z/ columns of metrics.csv where finite."""
+    model_dir = model_dir_with(tmp_path, TRAIN, CSV, [("eval/label_top_1_accuracy", 20, 0.5)])
+    figures = captured_figures(monkeypatch)
+    plots.plot_training_curves(model_dir, os.path.join(model_dir, "plot_training.png"))
+    fig = figures["plot_training.png"]
+    drawn = {ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                              for line in ax.get_lines()} for ax in fig.axes}
+    expected = {
+        "loss": {"total_loss": ([10, 20], [2.0, 1.5]), "contrast_loss": ([20], [1.4])},
+        "accuracy": {"contrast_acc": ([20], [0.3]),
+                     "eval/label_top_1_accuracy": ([20], [0.5])},
+        "learning rate": {"learning_rate": ([20], [0.1])},
+        "alignment": {"h": ([10, 20], [0.5, 0.6]), "z": ([10, 20], [0.4, 0.3])},
+        "uniformity": {"h": ([10, 20], [-1.0, -1.5])},
+    }
+    assert list(drawn) == list(expected)
+    for title, lines in expected.items():
+        assert sorted(drawn[title]) == sorted(lines), title
+        for label, (steps, values) in lines.items():
+            assert drawn[title][label][0] == steps, (title, label)
+            # Summaries hold float32.
+            np.testing.assert_allclose(drawn[title][label][1], values, rtol=1e-6)
+    [eval_line] = [line for line in fig.axes[1].get_lines()
+                   if line.get_label() == "eval/label_top_1_accuracy"]
+    assert eval_line.get_marker() == "o" and eval_line.get_linestyle() == "None"
+
+
+def test_embedding_scatters_each_class_at_its_principal_components(tmp_path, monkeypatch):
+    """One scatter per class at the rows' first two principal components
+    (sklearn's, up to sign), in its tab10 colour; the PNG holds pixels of
+    the four classes' colours and none of the unused colours'."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(60) % 4
+    h = (rng.normal(size=(60, 6)) + 3.0 * labels[:, None]).astype(np.float32)
+    figures = captured_figures(monkeypatch)
+    path = plots.plot_embedding(h, labels, str(tmp_path / "embedding.png"))
+    [ax] = figures["embedding.png"].axes
+    expected = sklearn.decomposition.PCA(n_components=2).fit_transform(h.astype(np.float64))
+    tab10 = colormaps["tab10"]
+    assert len(ax.collections) == 4
+    for k, points in enumerate(ax.collections):
+        coords = np.asarray(points.get_offsets())
+        signs = np.sign(np.sum(coords * expected[labels == k], axis=0))
+        np.testing.assert_allclose(coords, expected[labels == k] * signs, atol=1e-4)
+        np.testing.assert_allclose(points.get_facecolor()[0], tab10(k))
+        assert points.get_label() == str(k)
+    pixels = png_pixels(path)
+    # tab10's grey (7) is also the anti-aliased edge of black text.
+    for k in (0, 1, 2, 3, 4, 5, 6, 8, 9):
+        found = count_colour(pixels, tab10(k))
+        assert (found > 0) == (k < 4), (k, found)
+
+
+def test_cosine_histograms_are_of_the_sampled_cosines_over_the_sphere_law(tmp_path,
+                                                                         monkeypatch):
+    """Each panel: the density histogram (60 bins on [-1, 1]) of the sampled
+    pair cosines, the law of uniform points on S^(m-1) for its own m, and
+    the W-uniformity of the same pairs in its title."""
+    rng = np.random.default_rng(2)
+    embeddings = {"h": rng.normal(size=(50, 8)).astype(np.float32),
+                  "z": rng.normal(size=(50, 3)).astype(np.float32)}
+    figures = captured_figures(monkeypatch)
+    plots.plot_cosine_histogram(embeddings, str(tmp_path / "cosines.png"), num_samples=500,
+                                seed=3)
+    axes = figures["cosines.png"].axes
+    assert len(axes) == 2
+    for ax, (name, x) in zip(axes, embeddings.items()):
+        cosines = np.asarray(metrics.pairwise_cosine_sample(x, 500, 3))
+        heights, edges = np.histogram(cosines, bins=60, range=(-1.0, 1.0), density=True)
+        bars = ax.patches
+        np.testing.assert_allclose([bar.get_height() for bar in bars], heights, rtol=1e-6)
+        np.testing.assert_allclose([bar.get_x() for bar in bars], edges[:-1], atol=1e-12)
+        [curve] = ax.get_lines()
+        grid = np.asarray(curve.get_xdata())
+        assert grid.min() > -1 and grid.max() < 1
+        np.testing.assert_allclose(curve.get_ydata(), cosine_density(grid, x.shape[1]),
+                                   rtol=1e-9)
+        distance = float(metrics.wasserstein_uniformity(x, 500, 3))
+        assert ax.get_title() == f"{name} (m = {x.shape[1]}), W-uniformity {distance:.4f}"

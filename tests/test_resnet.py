@@ -32,6 +32,12 @@ def built(depth, *, input_shape=(None, None, None, 3), **kwargs):
 # --------------------------------------------------------------------------
 # Independent parameter-count formula.
 # --------------------------------------------------------------------------
+# (bottleneck, blocks per group) as published: He et al. 2016, "Deep Residual
+# Learning for Image Recognition", Table 1 (18 to 152 layers), and He et al.
+# 2016, "Identity Mappings in Deep Residual Networks" (200 layers:
+# 3, 24, 36, 3 bottlenecks). Depths 18 to 152 are anchored below to
+# torchvision's published parameter counts; 200, which torchvision does not
+# publish, to this table alone.
 BLOCKS = {
     18: (False, (2, 2, 2, 2)),
     34: (False, (3, 4, 6, 3)),
@@ -90,25 +96,42 @@ def expected_trainable_params(depth, width=1.0, cifar_stem=False, sk_ratio=0.0,
     return total
 
 
-# Block group 1 of the original ResNet-18/34 has a 1x1 projection (64 -> 64)
-# plus its BN in its first block, which torchvision does not have.
-EXTRA_GROUP1_PROJECTION = 64 * 64 + 2 * 64
+# torchvision's published trainable-parameter counts of its ImageNet ResNets
+# (with their 1000-way fc layer).
+TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032,
+                      101: 44_549_160, 152: 60_192_808}
 
 
-@pytest.mark.parametrize("depth, expected", [
-    # torchvision totals minus their fc layer (2048*1000+1000, 512*1000+1000).
-    deep(50, 25_557_032 - 2_049_000),
-    (18, 11_689_512 - 513_000 + EXTRA_GROUP1_PROJECTION),
-    deep(34, 21_797_672 - 513_000 + EXTRA_GROUP1_PROJECTION),
-])
-def test_trainable_parameters_match_torchvision(depth, expected):
+def torchvision_encoder_params(depth):
+    """The published count without the fc layer (512 or 2048 inputs x 1000
+    + 1000 biases), plus, for the basic-block nets, the 1x1 projection
+    (64 -> 64) and its BN of group 1's first block, which the original has
+    and torchvision does not (a bottleneck's group 1 projects 64 -> 256 in
+    both)."""
+    bottleneck, _ = BLOCKS[depth]
+    fc = (2048 if bottleneck else 512) * 1000 + 1000
+    group1_projection = 0 if bottleneck else 64 * 64 + 2 * 64
+    return TORCHVISION_PARAMS[depth] - fc + group1_projection
+
+
+@pytest.mark.parametrize("depth", sorted(TORCHVISION_PARAMS))
+def test_the_formula_gives_torchvisions_published_counts(depth):
+    assert expected_trainable_params(depth) == torchvision_encoder_params(depth)
+
+
+@pytest.mark.parametrize("depth", [18, deep(34), deep(50), deep(101), deep(152)])
+def test_trainable_parameters_match_torchvision(depth):
     model = built(depth)
-    assert num_params(model.trainable_variables) == expected
-    assert expected_trainable_params(depth) == expected
+    assert num_params(model.trainable_variables) == torchvision_encoder_params(depth)
     # Keras keeps BN moving mean/variance as non-trainable: as many as gamma+beta.
     bn_affine = [v for v in model.trainable_variables
                  if v.path.endswith(("/gamma", "/beta"))]
     assert num_params(model.non_trainable_variables) == num_params(bn_affine)
+
+
+@pytest.mark.parametrize("depth", [deep(200)])
+def test_resnet200_has_the_parameters_of_its_published_blocks(depth):
+    assert num_params(built(depth).trainable_variables) == expected_trainable_params(depth)
 
 
 @pytest.mark.parametrize("depth, kwargs", [
