@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+import no_tensorflow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "train_step.py")
 PEER = os.path.join(ROOT, "bench", "torch_peer.py")
@@ -21,11 +23,11 @@ HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torc
 TORCHVISION_RESNET18 = 11_689_512
 
 
-def bench(*args, script=SCRIPT):
+def bench(*args, script=SCRIPT, env=None):
     """The finished process, with `elapsed_ms`: its wall time in ms."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
     done.elapsed_ms = (time.perf_counter() - start) * 1e3
     return done
 
@@ -82,8 +84,13 @@ def test_resnet18_count_matches_torchvision():
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_smoke_times_the_step_of_the_flags_given(backend):
-    done = bench("--smoke", f"--backend={backend}", "--proj_out_dim=32", "--temperature=0.2")
+def test_smoke_times_the_step_of_the_flags_given(backend, tmp_path):
+    """The project's own trainer, built from run.py's flags, on synthetic
+    data; under JAX where TensorFlow cannot be imported (tests/no_tensorflow.py),
+    as on a GPU machine with JAX only."""
+    env = no_tensorflow.environment(tmp_path) if backend == "jax" else None
+    done = bench("--smoke", f"--backend={backend}", "--proj_out_dim=32", "--temperature=0.2",
+                 env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     [line] = done.stdout.splitlines()
     record = json.loads(line)

@@ -1,20 +1,19 @@
-"""The project's structure: no import cycles, and a core and a JAX step that
-run where TensorFlow is not installed.
+"""The project's structure: no import cycles, and a core that imports where
+TensorFlow is not installed.
 
 The import graph is read from the source (ast, nothing executed) and counts
 every import, those inside functions included. TensorFlow's absence is
-real: the subprocesses below run with an import hook (a `sitecustomize`
-module on PYTHONPATH, inherited by their own subprocesses) under which
-`import tensorflow` and `import tensorflow_datasets` raise ImportError.
+real: the subprocess below runs with an import hook under which `import
+tensorflow` raises ImportError (tests/no_tensorflow.py). That the JAX step
+also trains there: tests/test_bench_train_step.py runs bench/train_step.py
+--backend=jax --smoke so.
 """
 import ast
-import json
-import os
 import pathlib
 import subprocess
 import sys
 
-import pytest
+import no_tensorflow
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Folders of modules: the project's flat root, its package, and the
@@ -24,24 +23,7 @@ FOLDERS = ("", "datasets", "experiments", "bench")
 CORE = ("model", "resnet", "objective", "chunked_loss", "loss_views", "lars_optimizer",
         "metrics", "initializers", "autoencoder", "train_lib", "config", "errors",
         "run_flags", "trainers", "trainer_jax")
-TENSORFLOW = ("tensorflow", "tensorflow_datasets")
-
-BLOCK_TENSORFLOW = f'''
-import sys
-
-
-class _NoTensorFlow:
-    """TensorFlow is not installed here."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {TENSORFLOW!r}:
-            raise ImportError(f"No module named {{name!r}}")
-        return None
-
-
-sys.meta_path.insert(0, _NoTensorFlow())
-'''
-
+TENSORFLOW = no_tensorflow.BLOCKED
 
 def module_files():
     """{module name: path} of every module of the project: root modules by
@@ -170,16 +152,6 @@ def test_the_core_imports_no_tensorflow_module():
         assert not edges, f"{module} reaches TensorFlow through {sorted(edges)}"
 
 
-def without_tensorflow(tmp_path, command, timeout):
-    """`command` run under the JAX backend in a Python where TensorFlow
-    cannot be imported (nor by its subprocesses)."""
-    (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
-               XLA_FLAGS="--xla_backend_optimization_level=0")
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_the_core_imports_where_tensorflow_cannot(tmp_path):
     code = (f"import importlib, sys\n"
             f"for name in {CORE!r}:\n"
@@ -189,23 +161,7 @@ def test_the_core_imports_where_tensorflow_cannot(tmp_path):
             f"except ImportError:\n"
             f"    print('no tensorflow')\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TENSORFLOW!r}))\n")
-    done = without_tensorflow(tmp_path, [sys.executable, "-c", code], timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=no_tensorflow.environment(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:2] == ["no tensorflow", "[]"], done.stdout
-
-
-@pytest.mark.processes
-def test_bench_train_step_times_the_jax_step_where_tensorflow_cannot(tmp_path):
-    """bench/train_step.py --backend=jax --smoke builds the project's own
-    trainer (model, objective, optimizer, sharding) and times it without
-    TensorFlow: one JSON line with its time per step."""
-    done = without_tensorflow(tmp_path, [sys.executable, "bench/train_step.py", "--backend=jax",
-                                         "--smoke"], timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(records) == 1 and "error" not in records[0], done.stdout
-    record = records[0]
-    assert record["backend"] == "jax" and record["views"] == 2
-    assert record["ms_per_step"]["median"] > 0 and record["pairs_per_s"] > 0
-    # The step trained: the online probe's cross-entropy is part of the loss.
-    assert record["total_loss"] > 0
