@@ -213,8 +213,7 @@ class Checkpointer:
             raise UsageError(
                 f"checkpoint {prefix} holds another model than this command builds: "
                 f"{len(missing)} variables of this model are not in it, e.g. {missing[0]}; "
-                "resume it "
-                "with the flags of the run that wrote it, or train in a new --model_dir")
+                "resume it with the flags of the run that wrote it, or train in a new --model_dir")
 
     def restore(self, path):
         """Restores every variable from `path`; a variable the checkpoint

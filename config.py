@@ -92,8 +92,6 @@ DATASET_FLAGS = ("digit_sizes",)
 # stem at the images' own size); the small one is `model.SMALL_IMAGE_SIDE`.
 MEDIUM_IMAGE_SIDE = 160
 
-REPRESENTATION_MODES = model_lib.REPRESENTATION_MODES
-
 
 class Config:
     """The effective flag values of a run, as attributes, and what follows
@@ -212,7 +210,7 @@ def unused_flags(values):
     (crop and flip only); freezing outside fine-tuning; momentum with Adam;
     how long to wait for checkpoints outside --mode=eval."""
     train_mode = values["train_mode"]
-    representation = train_mode in REPRESENTATION_MODES
+    representation = train_mode in model_lib.REPRESENTATION_MODES
     probe = representation and bool(values["lineareval_while_pretraining"])
     used = dict.fromkeys(("loss", "loss_chunk_size", *LOSS_FLAGS), train_mode == "pretrain")
     used.update(
@@ -346,7 +344,8 @@ def _check_flags(cfg, present, defaults):
         raise UsageError("--train_epochs or --train_steps must be > 0 to train")
     if cfg["checkpoint_steps"] == 0 and cfg["checkpoint_epochs"] == 0:
         raise UsageError("--checkpoint_epochs or --checkpoint_steps must be > 0")
-    probe = cfg["train_mode"] in REPRESENTATION_MODES and cfg["lineareval_while_pretraining"]
+    probe = (cfg["train_mode"] in model_lib.REPRESENTATION_MODES
+             and cfg["lineareval_while_pretraining"])
     # Passing a probe flag's own default (the original's behaviour) is fine anywhere.
     for flag in ("probe_learning_rate", "probe_view", "probe_weight_decay"):
         if flag in present and cfg[flag] != defaults[flag] and not probe:
@@ -412,6 +411,17 @@ def _resolve_loss(values, present, explicit):
 # ---------------------------------------------------------------------------
 TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, '
                   '"task": {"type": "worker", "index": i}}')
+
+
+def num_workers(environ):
+    """The workers (chief and worker tasks) that TF_CONFIG of `environ` (a
+    mapping such as os.environ) names: 0 without a cluster.
+
+    Raises:
+        UsageError: a malformed TF_CONFIG (`tf_config_cluster`).
+    """
+    cluster = tf_config_cluster(environ.get("TF_CONFIG"))
+    return sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker"))
 
 
 def tf_config_cluster(text):

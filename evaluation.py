@@ -112,19 +112,28 @@ HELDOUT_FLAGS = ("dataset", "data_dir", "digit_sizes", "eval_split", "eval_steps
 _heldout_batches = {}
 
 
+def _kept(cache, cfg, names, make, *extra):
+    """make() for the values of the flags `names` of `cfg` (and `extra`),
+    kept in `cache` for later calls with the same values; one entry at a
+    time, as what it keeps can be large."""
+    # (--digit_sizes is a list.)
+    key = tuple(str(getattr(cfg, name)) for name in names) + tuple(map(str, extra))
+    if key not in cache:
+        cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
 def heldout_batch(cfg, source):
     """(views [n, H, W, 3c], labels [n] or [n, L]) as numpy: the first
     batch of `data.heldout_input_fn`, n = min(HELDOUT_SIZE, `eval_examples`);
     kept for the other commands of the process with the same HELDOUT_FLAGS
     (training, then evaluation)."""
-    # (--digit_sizes is a list.)
-    key = tuple(str(getattr(cfg, name)) for name in HELDOUT_FLAGS)
-    if key not in _heldout_batches:
+    def make():
         size = min(HELDOUT_SIZE, eval_examples(cfg, source))
         images, labels = next(iter(data.heldout_input_fn(cfg, source, size)()))
-        _heldout_batches.clear()  # one batch at a time: they can be large
-        _heldout_batches[key] = (images.numpy(), labels.numpy())
-    return _heldout_batches[key]
+        return images.numpy(), labels.numpy()
+    return _kept(_heldout_batches, cfg, HELDOUT_FLAGS, make)
 
 
 def representation_metrics(cfg, trainer, batch):
@@ -230,12 +239,10 @@ def random_encoder(cfg, num_classes):
     trained one's left untrained. One per process for the flags that
     define it (`RANDOM_ENCODER_FLAGS`), so the evaluations of an eval loop
     share one model and one compiled encoder."""
-    key = tuple(str(getattr(cfg, name)) for name in RANDOM_ENCODER_FLAGS) + (str(num_classes),)
-    if key not in _random_encoders:
-        _random_encoders.clear()
+    def make():
         keras.utils.set_random_seed(cfg.seed)
-        _random_encoders[key] = train_lib.build_model(cfg, num_classes)
-    return _random_encoders[key]
+        return train_lib.build_model(cfg, num_classes)
+    return _kept(_random_encoders, cfg, RANDOM_ENCODER_FLAGS, make, num_classes)
 
 
 def compute_baselines(cfg, trainer, source, features):

@@ -168,9 +168,7 @@ def default_model_dir(cfg, environ=None):
         UsageError: TF_CONFIG names several workers, which would each stamp
             their own time.
     """
-    environ = os.environ if environ is None else environ
-    cluster = config.tf_config_cluster(environ.get("TF_CONFIG"))
-    workers = sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker"))
+    workers = config.num_workers(os.environ if environ is None else environ)
     if workers > 1:
         raise UsageError(f"a multi-worker run (TF_CONFIG names {workers} workers) needs "
                          "--model_dir: pass every worker the same --model_dir=DIR")

@@ -27,7 +27,6 @@ import metrics
 import model as model_lib
 import objective
 
-REPRESENTATION_MODES = model_lib.REPRESENTATION_MODES
 
 # Dynamic loss scaling of mixed_float16 (Micikevicius et al. 2018, the
 # values of keras.optimizers.LossScaleOptimizer).
@@ -37,7 +36,7 @@ LOSS_SCALE_GROWTH_STEPS = 2000
 
 def clean_probe_view(cfg):
     """Whether training examples carry the clean view for the online probe."""
-    return (cfg.probe_view == "clean" and cfg.train_mode in REPRESENTATION_MODES
+    return (cfg.probe_view == "clean" and cfg.train_mode in model_lib.REPRESENTATION_MODES
             and cfg.lineareval_while_pretraining)
 
 
@@ -150,7 +149,7 @@ def learning_rate_schedule(cfg, base_learning_rate, num_train_examples):
 def has_probe_optimizer(cfg, model):
     """Whether the online probe trains with its own optimizer."""
     return bool(cfg.probe_learning_rate) and model.supervised_head is not None \
-        and cfg.train_mode in REPRESENTATION_MODES
+        and cfg.train_mode in model_lib.REPRESENTATION_MODES
 
 
 def build_optimizers(cfg, model, num_train_examples):
@@ -187,7 +186,8 @@ def split_probe(model, items, variable=lambda item: item):
 def weight_decay_loss(model, cfg):
     """The explicit weight-decay term of the flags: --weight_decay, and
     --probe_weight_decay for the online probe when set."""
-    probe_rate = cfg.probe_weight_decay if cfg.train_mode in REPRESENTATION_MODES else None
+    representation = cfg.train_mode in model_lib.REPRESENTATION_MODES
+    probe_rate = cfg.probe_weight_decay if representation else None
     return model_lib.weight_decay_loss(model, cfg.optimizer, cfg.weight_decay,
                                        head_weight_decay=probe_rate)
 

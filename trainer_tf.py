@@ -31,8 +31,7 @@ def get_strategy(cfg):
     """
     if cfg.use_tpu or cfg.tpu_name or cfg.master:
         return tpu_strategy(cfg)
-    cluster = config.tf_config_cluster(os.environ.get("TF_CONFIG"))
-    if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
+    if config.num_workers(os.environ) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
