@@ -66,15 +66,17 @@ PRESET_OWNERS = {
 
 # Flags that may change between the commands of one run: where data and
 # outputs live, evaluation, run length, checkpoint and log cadence, devices,
-# the loss's blocks (the same loss in other memory) and the arithmetic (the
-# variables are float32 under every --precision; XLA or not).
+# the loss's blocks (the same loss in other memory), the arithmetic (the
+# variables are float32 under every --precision; XLA or not) and where the
+# views are made (the same augmentation on the host or in the step).
 SESSION_FLAGS = frozenset({
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "loss_chunk_size",
     "eval_steps", "eval_name", "eval_wait_secs", "compute_baselines", "keep_checkpoint_max",
     "keep_hub_module_max", "checkpoint_epochs", "checkpoint_steps", "plot",
     "log_every_steps", "train_steps", "train_epochs", "checkpoint",
     "partial_checkpoint", "zero_init_logits_layer", "master", "use_tpu", "tpu_name",
-    "tpu_zone", "gcp_project", "cache_dataset", "deterministic", "precision", "jit_compile"})
+    "tpu_zone", "gcp_project", "cache_dataset", "deterministic", "precision", "jit_compile",
+    "augment_in_step"})
 
 # Flags that say where a training run's weights start; `--mode=eval`
 # evaluates --model_dir's own checkpoints and takes none of them.

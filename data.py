@@ -25,6 +25,7 @@ that stopped after that many steps left off.
 
 import tensorflow as tf
 
+import augment
 import data_util
 import model as model_lib
 import train_lib
@@ -74,7 +75,8 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
                    image_size, train_mode="pretrain", color_jitter_strength=1.0,
                    use_blur=True, cache_dataset=False, area_range=(0.08, 1.0),
                    num_views=None, flip=True, clean_view=False, seed=0,
-                   deterministic=False, start_step=0, num_rand_bits=0):
+                   deterministic=False, start_step=0, num_rand_bits=0,
+                   augment_in_step=False):
     """Builds the input function for `distribute_datasets_from_function`.
 
     Training (`is_training=True`) reads the split forever in shuffled order
@@ -116,6 +118,9 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             uninterrupted one would have (the skipped examples are read,
             not augmented).
         num_rand_bits: K RandBits planes after the RGB of every view.
+        augment_in_step: training batches carry the images and the draws
+            of their views instead of the views, which the training step
+            makes (`augment.augment_views`).
 
     Returns:
         `input_fn(input_context=None)` -> `tf.data.Dataset` of
@@ -125,7 +130,14 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
         pretraining, 1 (+ 1) for the autoencoder and 1 otherwise, and b = the
         per-replica batch
         `input_context.get_per_replica_batch_size(global_batch_size)`
-        (`global_batch_size` when `input_context` is None).
+        (`global_batch_size` when `input_context` is None). With
+        `augment_in_step` the images are the in-step inputs of
+        `augment.augment_views` instead: {"images": uint8 [b, H, W, 3] (the
+        source's images when they share one size H x W, else resized to
+        image_size), "draws": float32 [b, views, augment.DRAWS], "bits"
+        (with RandBits) float32 [b, K], "clean" (with `clean_view`) float32
+        [b, image_size, image_size, 3]}, the draws uniform from the same
+        per-example seeds as the host's views.
 
     Raises:
         datasets.DatasetError: `split` is not a split of `source`.
@@ -194,6 +206,27 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
                     else tf.zeros([0], tf.float32))
             return tf.concat(parts, axis=-1), bits, tf.cast(label, tf.int32), index
 
+        def in_step_image(image):
+            # Batches need one size: the images' own when they share one.
+            height, width = (source.image_shape or (None, None))[:2]
+            if height is None or width is None:
+                return data_util.fixed_size_uint8(image, image_size)
+            return data_util.fixed_size_uint8(image, (height, width))
+
+        def in_step_map_fn(index, example):
+            # The views are made in the step: the image and its draws only.
+            image, label = example
+            example_seed = tf.random.experimental.stateless_fold_in(
+                base_seed, index * pipelines + pipeline_id)
+            inputs = {"images": in_step_image(image),
+                      "draws": tf.random.stateless_uniform([views, augment.DRAWS],
+                                                           example_seed)}
+            if clean_view:
+                inputs["clean"] = rgb_eval_view(image)
+            if num_rand_bits:
+                inputs["bits"] = rand_bits.hash_bits(image, num_rand_bits)
+            return inputs, tf.cast(label, tf.int32)
+
         def batch_fn(images, bits, labels, indices):
             batch_seed = tf.random.experimental.stateless_fold_in(
                 batch_base_seed, indices[0] * pipelines + pipeline_id)
@@ -220,6 +253,11 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
                 parts += [view, planes]
             return tf.concat(parts, axis=-1), labels
 
+        if augment_in_step:
+            dataset = dataset.map(
+                tf.autograph.experimental.do_not_convert(in_step_map_fn),
+                num_parallel_calls=tf.data.AUTOTUNE)
+            return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         # The augmentations branch with tf.cond / tf.switch_case themselves;
         # AutoGraph would only spend seconds re-parsing them.
         dataset = dataset.map(tf.autograph.experimental.do_not_convert(map_fn),
@@ -254,7 +292,7 @@ def train_input_fn(cfg, source, start_step=0):
         cache_dataset=cfg.cache_dataset, area_range=(cfg.crop_min_area, 1.0),
         flip=cfg.use_flip, clean_view=train_lib.clean_probe_view(cfg),
         seed=cfg.seed, deterministic=cfg.deterministic, start_step=start_step,
-        num_rand_bits=cfg.num_rand_bits)
+        num_rand_bits=cfg.num_rand_bits, augment_in_step=bool(cfg.augment_in_step))
 
 
 def eval_input_fn(cfg, source):

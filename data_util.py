@@ -120,22 +120,14 @@ def batch_color_jitter_draws(batch_size, strength, seed):
     return factors, order, jitter, grayscale
 
 
-def batch_random_color_jitter(images, strength, seed=None):
-    """SimCLR's colour distortion at strength s = `strength` for a batch
-    [b, H, W, 3], every example with draws of its own.
-
-    Per example: with probability 0.8 colour jitter — brightness (y = f x),
-    contrast, saturation (factors f ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s]) and
-    hue (shift U[-0.2 s, 0.2 s] turns) in a random order, clipped to [0, 1]
-    after each — then, independently, grayscale with probability 0.2.
-    Contrast, saturation and hue compute what `tf.image.adjust_contrast`,
-    `adjust_saturation` and `adjust_hue` compute per image. The ops run on
-    the whole batch: at each of the four positions all four run and each
-    example keeps the one its order puts there, which costs a fraction of
-    one small-op chain per example in a tf.data map.
-    """
-    factors, order, jitter, grayscale = batch_color_jitter_draws(
-        tf.shape(images)[0], strength, seed)
+def batch_color_jitter(images, factors, order, jitter, grayscale):
+    """The colour distortion of `batch_random_color_jitter` for given draws
+    (`batch_color_jitter_draws`): per example, its jitter ops in its order,
+    each clipped to [0, 1], where `jitter`, then grayscale where
+    `grayscale`. The ops run on the whole batch: at each of the four
+    positions all four run and each example keeps the one its order puts
+    there, which costs a fraction of one small-op chain per example in a
+    tf.data map."""
     ops = (lambda x: x * _per_example(factors["brightness"]),
            lambda x: _batch_contrast(x, factors["contrast"]),
            lambda x: _batch_saturation(x, factors["saturation"]),
@@ -146,6 +138,21 @@ def batch_random_color_jitter(images, strength, seed=None):
         jittered = tf.gather(candidates, order[:, position], axis=1, batch_dims=1)
     images = tf.where(_per_example(jitter), jittered, images)
     return tf.where(_per_example(grayscale), to_grayscale(images), images)
+
+
+def batch_random_color_jitter(images, strength, seed=None):
+    """SimCLR's colour distortion at strength s = `strength` for a batch
+    [b, H, W, 3], every example with draws of its own.
+
+    Per example: with probability 0.8 colour jitter — brightness (y = f x),
+    contrast, saturation (factors f ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s]) and
+    hue (shift U[-0.2 s, 0.2 s] turns) in a random order, clipped to [0, 1]
+    after each — then, independently, grayscale with probability 0.2.
+    Contrast, saturation and hue compute what `tf.image.adjust_contrast`,
+    `adjust_saturation` and `adjust_hue` compute per image.
+    """
+    draws = batch_color_jitter_draws(tf.shape(images)[0], strength, seed)
+    return batch_color_jitter(images, *draws)
 
 
 def distorted_bounding_box_crop(image,
@@ -169,6 +176,15 @@ def distorted_bounding_box_crop(image,
       bbox: float tensor [1, num_boxes, 4] of boxes (ymin, xmin, ymax, xmax),
         in coordinates relative to the image size.
     """
+    begin, size = _sample_box(image, bbox, min_object_covered, aspect_ratio_range,
+                              area_range, max_attempts, seed)
+    return tf.slice(image, begin, size)
+
+
+def _sample_box(image, bbox, min_object_covered, aspect_ratio_range, area_range,
+                max_attempts, seed):
+    """(begin, size) of `distorted_bounding_box_crop`'s rectangle; both
+    cover the channel axis too, as (0, -1)."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=bbox,
@@ -178,8 +194,16 @@ def distorted_bounding_box_crop(image,
         area_range=area_range,
         max_attempts=max_attempts,
         use_image_if_no_bounding_boxes=True)
-    # `begin` and `size` also cover the channel axis, as (0, -1).
-    return tf.slice(image, begin, size)
+    return begin, size
+
+
+def resize_box(image, top, left, box_height, box_width, height, width):
+    """The box of `image` [H, W, C] with top-left corner (top, left) and
+    size box_height x box_width, resized bicubically to [height, width]
+    (`tf.image.resize`: Keys' cubic, a = -0.5, half-pixel centres, no
+    antialiasing)."""
+    box = tf.image.crop_to_bounding_box(image, top, left, box_height, box_width)
+    return tf.image.resize(box, [height, width], method="bicubic")
 
 
 def crop_and_resize(image, height, width, area_range=(0.08, 1.0), seed=None):
@@ -193,15 +217,11 @@ def crop_and_resize(image, height, width, area_range=(0.08, 1.0), seed=None):
     """
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
     aspect_ratio = width / height
-    image = distorted_bounding_box_crop(
-        image,
-        whole_image,
-        min_object_covered=0.1,
+    begin, size = _sample_box(
+        image, whole_image, min_object_covered=0.1,
         aspect_ratio_range=(3.0 / 4.0 * aspect_ratio, 4.0 / 3.0 * aspect_ratio),
-        area_range=area_range,
-        max_attempts=100,
-        seed=seed)
-    return tf.image.resize(image, [height, width], method="bicubic")
+        area_range=area_range, max_attempts=100, seed=seed)
+    return resize_box(image, begin[0], begin[1], size[0], size[1], height, width)
 
 
 def _center_crop_size(image_height, image_width, aspect_ratio, crop_proportion):
@@ -337,13 +357,28 @@ def batch_random_blur(images_list, height, width, blur_probability=0.5,
     """
     blurred_list = []
     for images, batch_seed in zip(images_list, _seeds(seed, len(images_list))):
-        sigma_seed, keep_seed = _seeds(batch_seed, 2)
-        blurred = random_blur(images, height, width, p=1.0, seed=sigma_seed)
-        draws = _uniform(keep_seed, shape=[tf.shape(images)[0], 1, 1, 1])
-        keep_blurred = tf.cast(draws < blur_probability, images.dtype)
-        images = keep_blurred * blurred + (1.0 - keep_blurred) * images
-        blurred_list.append(tf.clip_by_value(images, 0.0, 1.0))
+        sigma, keep = batch_blur_draws(tf.shape(images)[0], batch_seed, blur_probability)
+        blurred_list.append(blend_blur(images, sigma, keep, height))
     return blurred_list
+
+
+def batch_blur_draws(batch_size, seed, blur_probability=0.5):
+    """(sigma ~ U(0.1, 2.0), keep [b] bool with probability
+    `blur_probability`): the draws of one batch in `batch_random_blur`."""
+    sigma_seed, keep_seed = _seeds(seed, 2)
+    # The seed random_blur(p=1) draws sigma with: the same views as ever
+    # for a seed.
+    sigma = _uniform(_seeds(sigma_seed, 2)[1], 0.1, 2.0)
+    return sigma, _uniform(keep_seed, shape=[batch_size]) < blur_probability
+
+
+def blend_blur(images, sigma, keep, height):
+    """`images` [b, H, W, C] blurred with `sigma` (`gaussian_blur`, kernel
+    size of `height`) where `keep` [b] holds, as they are elsewhere; clipped
+    to [0, 1]."""
+    blurred = gaussian_blur(images, _blur_kernel_size(height), sigma)
+    keep = tf.cast(_per_example(keep), images.dtype)
+    return tf.clip_by_value(keep * blurred + (1.0 - keep) * images, 0.0, 1.0)
 
 
 def preprocess_for_train(image,
@@ -387,6 +422,23 @@ def preprocess_for_eval(image, height, width, crop=True):
         image = tf.image.resize(image, [height, width], method="bicubic")
     image = tf.reshape(image, [height, width, 3])
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def fixed_size_uint8(image, size):
+    """`image` (any dtype, 1 or 3 channels) as uint8 [H, W, 3] with (H, W)
+    = `size` (an int: square): as it is when it has that size, else resized
+    whole (bicubic) and rounded. The images `--augment_in_step` crops in
+    the training step."""
+    height, width = (size, size) if isinstance(size, int) else size
+    image = _ensure_rgb(image)
+    if image.shape[:2] == (height, width):
+        return tf.ensure_shape(tf.image.convert_image_dtype(image, tf.uint8, saturate=True),
+                               [height, width, 3])
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, [height, width], method="bicubic")
+    image = tf.image.convert_image_dtype(tf.clip_by_value(image, 0.0, 1.0), tf.uint8,
+                                         saturate=True)
+    return tf.ensure_shape(image, [height, width, 3])
 
 
 def _ensure_rgb(image):

@@ -129,6 +129,10 @@ flags.DEFINE_list("digit_sizes", None,
                   "multi_digits: the large and the small digit's sizes, e.g. 20,8 (unset: the "
                   "dataset's own).")
 flags.DEFINE_float("crop_min_area", 0.08, "Smallest area fraction of the random resized crop.")
+flags.DEFINE_bool("augment_in_step", False,
+                  "Make the training views inside the compiled training step (augment.py, keras.ops) "
+                  "from the uint8 images and random draws the input pipeline delivers, instead of "
+                  "in the tf.data pipeline: the same augmentation and law, on the step's devices.")
 flags.DEFINE_float("probe_learning_rate", 0.0,
                    "Learning rate per batch size of 256 of the online linear probe (pretrain with "
                    "--lineareval_while_pretraining), on the same warm-up and cosine schedule as --learning_rate; "

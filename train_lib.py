@@ -22,6 +22,7 @@ import contextlib
 import keras
 from keras import ops
 
+import augment
 import autoencoder
 import metrics
 import model as model_lib
@@ -50,6 +51,17 @@ def num_input_views(cfg):
 def view_channels(cfg):
     """Channels of one view: RGB and the --num_rand_bits planes."""
     return model_lib.view_channels(cfg.num_rand_bits)
+
+
+def in_step_views(cfg, inputs):
+    """The training batch of views [n, H, W, c · views] of a batch of
+    --augment_in_step inputs (`augment.augment_views`): the run's
+    augmentation, as the host pipeline's (`data.train_input_fn`) — no
+    colour distortion or blur in fine-tuning."""
+    return augment.augment_views(
+        inputs, views=model_lib.augmented_views(cfg.train_mode), size=cfg.image_size,
+        area_range=(cfg.crop_min_area, 1.0), flip=bool(cfg.use_flip),
+        color_jitter_strength=cfg.color_jitter_strength or 0.0, blur=bool(cfg.use_blur))
 
 
 def summary_hidden_norm(cfg):
@@ -278,8 +290,11 @@ class Objective:
 
     def __call__(self, features, labels, step):
         """(total loss, logs {name: float32 scalar}) of a training forward
-        pass on this replica's `features` [n, H, W, c * views] and `labels`
-        [n] (or [n, L]); `step` is the optimizer's iteration count."""
+        pass on this replica's `features` [n, H, W, c * views] (or the
+        inputs of `in_step_views`, a dict) and `labels` [n] (or [n, L]);
+        `step` is the optimizer's iteration count."""
+        if isinstance(features, dict):
+            features = in_step_views(self.cfg, features)
         output, logits = self.model(features, training=True)
         logs = {}
         total = ops.zeros((), "float32")

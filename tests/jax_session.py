@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE_TESTS = ["tests/test_objective.py", "tests/test_chunked_loss.py", "tests/test_model.py",
               "tests/test_resnet.py", "tests/test_autoencoder.py",
               "tests/test_lars_optimizer.py", "tests/test_metrics.py",
-              "tests/test_trainer_jax.py", "tests/test_precision.py"]
+              "tests/test_trainer_jax.py", "tests/test_precision.py", "tests/test_augment.py"]
 # XLA's backend optimisations are off in the JAX session: these tests are
 # dominated by compiling many small programs (2.3x faster at level 0), and
 # what they check is the project's code, not XLA's optimiser. Its

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import augment
 import checkpoint
 import chunked_loss
 import config
@@ -71,6 +72,17 @@ def global_batch(seed=0):
     return features, labels
 
 
+def in_step_batch(seed=0):
+    """A global batch as --augment_in_step delivers it: uint8 images, the
+    draws of two views, the probe's clean view."""
+    rng = np.random.RandomState(seed)
+    inputs = dict(
+        images=rng.randint(0, 256, size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.uint8),
+        draws=rng.uniform(size=(GLOBAL_BATCH, 2, augment.DRAWS)).astype(np.float32),
+        clean=rng.uniform(size=(GLOBAL_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32))
+    return inputs, rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
+
+
 def build(cfg, strategy, weights=None):
     """A built trainer_tf.Trainer of `cfg` under `strategy`."""
     keras.utils.set_random_seed(cfg.seed)
@@ -87,15 +99,17 @@ def shard(strategy, array):
         lambda ctx: array[ctx.replica_id_in_sync_group * local:(ctx.replica_id_in_sync_group + 1) * local])
 
 
-def steps_on(trainer, batches):
+def steps_on(trainer, batches, apply=True):
     """One optimizer step of `trainer` per global batch of `batches`, each
-    replica on its rows; returns [(global loss logs, gradients summed over
-    replicas, moving batch-norm statistics after the step)] per step."""
+    replica on its rows (the gradients only, without `apply`); returns
+    [(global loss logs, gradients summed over replicas, moving batch-norm
+    statistics after the step)] per step."""
     strategy = trainer.strategy
 
     def replica_step(features, labels):
         grads, logs = trainer.gradients(features, labels)
-        trainer.apply_gradients(grads)
+        if apply:
+            trainer.apply_gradients(grads)
         return grads, logs
 
     @tf.function
@@ -108,7 +122,8 @@ def steps_on(trainer, batches):
     names = [v.path for v in trainer.model.trainable_variables]
     results = []
     for features, labels in batches:
-        grads, logs = step(shard(strategy, features), shard(strategy, labels))
+        features = tf.nest.map_structure(lambda a: shard(strategy, a), features)
+        grads, logs = step(features, shard(strategy, labels))
         results.append(({k: float(v) for k, v in logs.items()},
                         dict(zip(names, [np.asarray(g) for g in grads])),
                         moving_statistics(trainer.model)))
@@ -136,9 +151,11 @@ SHARES_TRAINED_ON_BOTH = pytest.mark.xdist_group("test_distribute_trained_on_bot
 def trained_on_both(strategies):
     """Two optimizer steps of the whole model (ResNet, projection head,
     online probe with its own optimizer, weight decay) under NT-Xent with
-    global batch norm, from the same weights on the same global batches, on
-    one device and on two replicas: per strategy, the steps of `steps_on`
-    and every variable and optimizer slot at the end. Nesterov momentum, not
+    global batch norm, from the same weights on the same global batches
+    (the second one's views made in the step, --augment_in_step), on
+    one device and on two replicas: per strategy, the gradients of a batch
+    whose views the step makes (not applied), then the two steps of
+    `steps_on`, and every variable and optimizer slot at the end. Nesterov momentum, not
     LARS: LARS's trust ratio would rescale away a step taken with a wrong
     1/R; its weight decay is then an explicit loss term, whose gradient is
     compared too."""
@@ -150,7 +167,9 @@ def trained_on_both(strategies):
     for strategy in strategies:
         trainer = first if strategy is strategies[0] else build(cfg, strategy, initial)
         assert trainer.probe_optimizer is not None
-        steps = steps_on(trainer, [global_batch(seed) for seed in range(2)])
+        # The first gradients of views made in the step, before any update.
+        in_step = steps_on(trainer, [in_step_batch(2)], apply=False)
+        steps = in_step + steps_on(trainer, [global_batch(0), in_step_batch(1)])
         groups = checkpoint.variable_groups(trainer.model, trainer.optimizers)
         final = {f"{g}/{k}": np.asarray(v) for g, group in groups.items() for k, v in group.items()}
         results.append(dict(steps=steps, final=final))
@@ -158,10 +177,12 @@ def trained_on_both(strategies):
 
 
 @SHARES_TRAINED_ON_BOTH
-def test_mirrored_matches_single_device(trained_on_both):
-    """The first step's losses and gradients agree."""
+@pytest.mark.parametrize("step", [1, 0], ids=["views", "augment_in_step"])
+def test_mirrored_matches_single_device(trained_on_both, step):
+    """Each step's losses and gradients agree: on host-made views, and on
+    views each replica makes from its rows of the images and draws."""
     (single, mirrored), _ = trained_on_both
-    (logs_1, grads_1, _), (logs_2, grads_2, _) = single["steps"][0], mirrored["steps"][0]
+    (logs_1, grads_1, _), (logs_2, grads_2, _) = single["steps"][step], mirrored["steps"][step]
     for key in ("contrast_loss", "supervised_loss", "weight_decay", "total_loss"):
         np.testing.assert_allclose(logs_2[key], logs_1[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert grads_1.keys() == grads_2.keys()

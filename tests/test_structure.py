@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDERS = ("", "datasets", "experiments", "bench")
 # What the JAX training step needs: these import and run without TensorFlow.
 CORE = ("model", "resnet", "objective", "chunked_loss", "loss_views", "lars_optimizer",
-        "metrics", "initializers", "autoencoder", "train_lib", "config", "errors",
+        "metrics", "initializers", "autoencoder", "augment", "train_lib", "config", "errors",
         "run_flags", "trainers", "trainer_jax")
 TENSORFLOW = no_tensorflow.BLOCKED
 

@@ -30,6 +30,7 @@ if keras.backend.backend() != "jax":
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import augment  # noqa: E402
 import checkpoint as checkpoint_lib  # noqa: E402
 import configs  # noqa: E402
 import data  # noqa: E402
@@ -65,23 +66,39 @@ def global_batch(seed=0):
     return features, rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
 
 
-@pytest.mark.parametrize("loss,prior", [("ntxent", None), ("swd", "uniform_hypercube")])
-def test_two_devices_give_the_loss_gradients_and_statistics_of_one(loss, prior):
+def in_step_batch(seed=0):
+    """A global batch of --augment_in_step: uint8 images, the draws of two
+    views, the clean view."""
+    rng = np.random.RandomState(seed)
+    inputs = dict(images=rng.randint(0, 256, size=(GLOBAL_BATCH, 8, 8, 3)).astype(np.uint8),
+                  draws=rng.uniform(size=(GLOBAL_BATCH, 2, augment.DRAWS)).astype(np.float32),
+                  clean=rng.uniform(size=(GLOBAL_BATCH, 8, 8, 3)).astype(np.float32))
+    return inputs, rng.randint(0, 10, size=GLOBAL_BATCH).astype(np.int32)
+
+
+@pytest.mark.parametrize("loss,prior,in_step", [("ntxent", None, False),
+                                                ("swd", "uniform_hypercube", False),
+                                                ("ntxent", None, True)])
+def test_two_devices_give_the_loss_gradients_and_statistics_of_one(loss, prior, in_step):
+    """One global batch sharded over two devices gives the loss, gradients
+    and batch-norm statistics of one device, also when the step makes the
+    views (--augment_in_step) from the images and draws each device holds."""
     devices = jax.devices()
     assert len(devices) >= 2, "run with XLA_FLAGS=--xla_force_host_platform_device_count=2"
     cfg = tiny_config(loss, **({"prior": prior} if prior else {}), **(
-        {"temperature": 0.2} if loss == "ntxent" else {}))
+        {"temperature": 0.2} if loss == "ntxent" else {}), augment_in_step=in_step)
     keras.utils.set_random_seed(0)
     one = trainer_jax.Trainer(cfg, devices=devices[:1]).build(10, 64)
     two = trainer_jax.Trainer(cfg, devices=devices[:2]).build(10, 64)
     two.model.set_weights(one.model.get_weights())
     two.load()
-    features, labels = global_batch()
+    features, labels = in_step_batch() if in_step else global_batch()
     results = []
     for trainer in (one, two):
         x = jax.device_put(features, trainer.data_sharding)
         y = jax.device_put(labels, trainer.data_sharding)
-        assert len(x.sharding.device_set) == trainer.num_replicas
+        for leaf in jax.tree.leaves(x):
+            assert len(leaf.sharding.device_set) == trainer.num_replicas
         (total, (logs, statistics)), grads = jax.jit(trainer.loss_and_gradients)(
             trainer.state, x, y)
         results.append((float(total), [np.asarray(g) for g in grads],
