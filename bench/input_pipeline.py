@@ -19,7 +19,9 @@ One JSON line:
 
     {"measure": "pipeline", "flags": the run.py flags given, "backend",
      "device", "cpu", "tensorflow", "onednn", "batch_size", "views",
-     "view_shape": [H, W, C] of one view, "batches" (per block), "repeats",
+     "view_shape": [H, W, C] of one view (with --augment_in_step
+     "image_shape", of the uint8 image the step augments), "batches" (per
+     block), "repeats",
      "warmup", "images": examples timed (batches x batch_size x repeats),
      "images_per_s": {"median", "min", "max"} over the blocks (an image is
      one training example with all its views), "ms_per_batch": the same,
@@ -169,11 +171,15 @@ def main(argv):
                 else iter(dataset))
     seconds, cpu_seconds, batch = time_pipeline(iterator, args)
     del iterator, dataset
-    shape = batch[0].shape
     batch_size = cfg.train_batch_size
+    if isinstance(batch[0], dict):  # --augment_in_step: the images, not views
+        shape = batch[0]["images"].shape
+        delivered = dict(image_shape=[int(d) for d in shape[1:]])
+    else:
+        shape = batch[0].shape
+        delivered = dict(view_shape=[int(shape[1]), int(shape[2]), int(shape[3]) // views])
     pipeline = dict(
-        {"measure": "pipeline"}, **base,
-        view_shape=[int(shape[1]), int(shape[2]), int(shape[3]) // views],
+        {"measure": "pipeline"}, **base, **delivered,
         batches=args.batches, warmup=args.warmup,
         images=args.batches * batch_size * args.repeats,
         images_per_s=spread([args.batches * batch_size / s for s in seconds]),

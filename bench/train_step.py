@@ -23,7 +23,8 @@ at start-up; ru_maxrss is the process's own). A process resolves the flags
 and builds the trainer as `run.main` does (`config.resolve`,
 `trainers.build_trainer`), makes one batch of uniform random views and labels of
 the shapes and dtypes the input pipeline yields (`train_lib.num_input_views`
-views of `train_lib.view_channels` channels each), and feeds it over and over
+views of `train_lib.view_channels` channels each; with `--augment_in_step`
+uint8 images and uniform draws, whose views the step makes), and feeds it over and over
 to the trainer's own `run_steps`: through a `tf.data` dataset distributed by
 the trainer's strategy under TensorFlow, already placed on the devices with
 the trainer's sharding under JAX. So the step is timed without the input
@@ -77,7 +78,8 @@ SMOKE_FLAGS = ("--image_size=16", "--width_multiplier=0.25")
 # Resolved flags echoed in each record ("precision" where run.py has it).
 CONFIG_ECHO = ("dataset", "image_size", "resnet_depth", "width_multiplier", "sk_ratio",
                "train_batch_size", "optimizer", "loss", "temperature", "loss_chunk_size",
-               "precision", "lineareval_while_pretraining", "probe_view", "num_rand_bits")
+               "precision", "lineareval_while_pretraining", "probe_view", "num_rand_bits",
+               "augment_in_step")
 USAGE_STATUS = 2
 
 
@@ -117,17 +119,43 @@ class SyntheticSource:
 
 def synthetic_batch(cfg, source):
     """(views float32 [B, H, W, c·V] uniform in [0, 1), labels int32 [B], or
-    [B, L] with L labels), as the training pipeline yields them."""
+    [B, L] with L labels), as the training pipeline yields them; with
+    --augment_in_step the views are the in-step inputs instead
+    (`augment.augment_views`: uint8 images, uniform draws, and the clean
+    view and RandBits when the flags add them)."""
     import numpy as np
 
     import train_lib
     rng = np.random.default_rng(cfg.seed)
     batch, side = cfg.train_batch_size, cfg.image_size
-    channels = train_lib.view_channels(cfg) * train_lib.num_input_views(cfg)
-    images = rng.random((batch, side, side, channels), dtype=np.float32)
+    if cfg.augment_in_step:
+        images = in_step_inputs(cfg, rng)
+    else:
+        channels = train_lib.view_channels(cfg) * train_lib.num_input_views(cfg)
+        images = rng.random((batch, side, side, channels), dtype=np.float32)
     columns = [rng.integers(0, n, batch, dtype=np.int32) for n in source.label_classes]
     labels = columns[0] if len(columns) == 1 else np.stack(columns, axis=-1)
     return images, labels
+
+
+def in_step_inputs(cfg, rng):
+    """Random in-step inputs of a batch, as `data.train_input_fn` yields
+    them with --augment_in_step: uint8 images of the workload's size."""
+    import numpy as np
+
+    import augment
+    import model as model_lib
+    import train_lib
+    batch, side = cfg.train_batch_size, cfg.image_size
+    inputs = dict(
+        images=rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8),
+        draws=rng.random((batch, model_lib.augmented_views(cfg.train_mode), augment.DRAWS),
+                         dtype=np.float32))
+    if train_lib.clean_probe_view(cfg):
+        inputs["clean"] = rng.random((batch, side, side, 3), dtype=np.float32)
+    if cfg.num_rand_bits:
+        inputs["bits"] = rng.integers(0, 2, (batch, cfg.num_rand_bits)).astype(np.float32)
+    return inputs
 
 
 def synthetic_iterator(trainer, images, labels):
@@ -146,7 +174,8 @@ def synthetic_iterator(trainer, images, labels):
 
     def input_fn(input_context):
         rows = input_context.get_per_replica_batch_size(len(labels))
-        return tf.data.Dataset.from_tensors((images[:rows], labels[:rows])).repeat()
+        first = tf.nest.map_structure(lambda x: x[:rows], (images, labels))
+        return tf.data.Dataset.from_tensors(first).repeat()
     return iter(data.build_distributed_dataset(input_fn, trainer.strategy))
 
 

@@ -15,8 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "input_pipeline.py")
 
 
-def test_input_pipeline_bench_times_batches_of_the_flags_batch_size_and_views():
+@pytest.mark.parametrize("in_step", [False, True], ids=["views", "augment_in_step"])
+def test_input_pipeline_bench_times_batches_of_the_flags_batch_size_and_views(in_step):
+    """The --smoke record has the flags' batch size and views, the shape of
+    a view (with --augment_in_step of the delivered image: the digits' own
+    8 x 8 pixels, whatever --image_size), and timings consistent with each
+    other and with the run."""
     flags = ["--train_batch_size=64", "--image_size=12", "--probe_view=augmented"]
+    flags += ["--augment_in_step"] if in_step else []
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, SCRIPT, "--smoke", "--repeats=3"] + flags,
@@ -28,7 +34,8 @@ def test_input_pipeline_bench_times_batches_of_the_flags_batch_size_and_views():
     assert record["backend"] == "tensorflow" and record["device"].startswith("cpu"), record
     # Two augmented views of 12 x 12 RGB (no clean view with the probe on
     # the augmented ones); --smoke times 3 batches per block, 3 blocks here.
-    assert (record["batch_size"], record["views"], record["view_shape"]) == (64, 2, [12, 12, 3])
+    delivered = ("image_shape", [8, 8, 3]) if in_step else ("view_shape", [12, 12, 3])
+    assert (record["batch_size"], record["views"], record[delivered[0]]) == (64, 2, delivered[1])
     assert (record["batches"], record["repeats"], record["images"]) == (3, 3, 3 * 64 * 3)
     per_s, ms = record["images_per_s"], record["ms_per_batch"]
     # Each block's images/s is 64 images over its ms per batch, so the
