@@ -271,8 +271,9 @@ def color_jitter(images, factors, order, jitter, grayscale):
 # 4. Blur.
 # ---------------------------------------------------------------------------
 def blur_kernel_size(size):
-    """2r + 1 with r = (size // 10) // 2, as the host (`data_util`): 23 at
-    224 pixels, 3 at 32, 1 (no blur) below 20."""
+    """2r + 1 with r = (size // 10) // 2, the original's rule, which the
+    host's blur (`data_util`) uses too: 23 at 224 pixels, 3 at 32, 1 (no
+    blur) below 20."""
     return 2 * ((size // 10) // 2) + 1
 
 

@@ -193,12 +193,15 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
             dataset = dataset.skip(first)
         dataset = dataset.enumerate(start=first)
 
+        def example_seed(index):
+            # Training example `index` of this pipeline, over all pipelines.
+            return tf.random.experimental.stateless_fold_in(
+                base_seed, index * pipelines + pipeline_id)
+
         def map_fn(index, example):
             image, label = example
-            example_seed = tf.random.experimental.stateless_fold_in(
-                base_seed, index * pipelines + pipeline_id)
             view_seeds = tf.unstack(
-                tf.random.experimental.stateless_split(example_seed, views))
+                tf.random.experimental.stateless_split(example_seed(index), views))
             parts = [train_view(image, s) for s in view_seeds]
             if clean_view:
                 parts.append(rgb_eval_view(image))
@@ -206,21 +209,16 @@ def build_input_fn(source, global_batch_size, is_training, *, split,
                     else tf.zeros([0], tf.float32))
             return tf.concat(parts, axis=-1), bits, tf.cast(label, tf.int32), index
 
-        def in_step_image(image):
-            # Batches need one size: the images' own when they share one.
-            height, width = (source.image_shape or (None, None))[:2]
-            if height is None or width is None:
-                return data_util.fixed_size_uint8(image, image_size)
-            return data_util.fixed_size_uint8(image, (height, width))
+        # Batches need one image size: the images' own when they share one.
+        stored = (source.image_shape or (None, None))[:2]
+        in_step_size = image_size if None in stored else stored
 
         def in_step_map_fn(index, example):
             # The views are made in the step: the image and its draws only.
             image, label = example
-            example_seed = tf.random.experimental.stateless_fold_in(
-                base_seed, index * pipelines + pipeline_id)
-            inputs = {"images": in_step_image(image),
+            inputs = {"images": data_util.fixed_size_uint8(image, in_step_size),
                       "draws": tf.random.stateless_uniform([views, augment.DRAWS],
-                                                           example_seed)}
+                                                           example_seed(index))}
             if clean_view:
                 inputs["clean"] = rgb_eval_view(image)
             if num_rand_bits:

@@ -30,6 +30,8 @@ global generator (so `tf.random.set_seed` makes a run repeatable).
 
 import tensorflow as tf
 
+import augment
+
 # Fraction of the limiting image side that the evaluation centre crop keeps.
 CROP_PROPORTION = 0.875
 _INT32_MAX = 2 ** 31 - 1
@@ -323,9 +325,10 @@ def gaussian_blur(image, kernel_size, sigma, padding="SAME"):
 def _blur_kernel_size(height):
     """Kernel size for an image of `height`: 2r + 1 with r = (height // 10) // 2.
 
-    This is 23 for 224-pixel images and 1 (no blur) below 20 pixels.
+    This is 23 for 224-pixel images and 1 (no blur) below 20 pixels; the
+    in-step augmentation's own rule (`augment.blur_kernel_size`).
     """
-    return 2 * ((height // 10) // 2) + 1
+    return augment.blur_kernel_size(height)
 
 
 def random_blur(image, height, width, p=1.0, seed=None):
